@@ -1,0 +1,1 @@
+//! Placeholder: the Kapso API simulator (being written).
