@@ -4,5 +4,13 @@
 //! -> Kapso API or [`simulator`]; the poller writes snapshots into [`state`], which
 //! [`metrics`] encodes at scrape time for [`http`].
 
+pub mod app;
 pub mod clock;
+pub mod config;
+pub mod http;
+pub mod kapso;
+pub mod logging;
+pub mod metrics;
+pub mod poller;
 pub mod simulator;
+pub mod state;

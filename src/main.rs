@@ -1,1 +1,62 @@
-fn main() {}
+//! The `kapso-exporter` binary: parse, validate, log, run; errors become one line and an exit
+//! code (64 for bad configuration, 1 for runtime failures).
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use kapso_exporter::config::{Cli, Config};
+use kapso_exporter::{app, logging};
+
+/// Exit code of a usage or configuration error (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            // --help and --version.
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("invalid command line");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("kapso-exporter: {first} (see --help)");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let config = match Config::load(&cli, &|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("kapso-exporter: {e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    if cli.config_check {
+        for p in &config.projects {
+            println!("{}", kapso_exporter::poller::describe(p));
+        }
+        println!("configuration OK");
+        return ExitCode::SUCCESS;
+    }
+    logging::init(config.log_level, config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kapso-exporter: failed to start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(app::run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("kapso-exporter: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! The HTTP server. Endpoints:
+//!
+//! | path | answer |
+//! |---|---|
+//! | `/metrics` (`--web.telemetry-path`) | the metrics, classic text or OpenMetrics by `Accept` |
+//! | `/` | landing page: name, version, links, each project's state |
+//! | `/-/healthy` | 200 while the process serves |
+//! | `/-/ready` | 200 once every project completed its first poll, else 503 |
+//!
+//! Only GET and HEAD are answered (405 otherwise). A scrape never calls Kapso.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use prometheus_client::registry::Registry;
+
+use crate::config::VERSION;
+use crate::metrics;
+use crate::state::{self, SharedProject};
+
+#[derive(Clone)]
+struct AppState {
+    registry: Arc<Registry>,
+    projects: Arc<Vec<SharedProject>>,
+    telemetry_path: Arc<str>,
+}
+
+/// The router of every endpoint.
+pub fn router(registry: Registry, projects: Vec<SharedProject>, telemetry_path: &str) -> Router {
+    let state = AppState {
+        registry: Arc::new(registry),
+        projects: Arc::new(projects),
+        telemetry_path: Arc::from(telemetry_path),
+    };
+    Router::new()
+        .route(telemetry_path, get(metrics_handler))
+        .route("/", get(landing))
+        .route("/-/healthy", get(|| async { "Healthy\n" }))
+        .route("/-/ready", get(ready))
+        .with_state(state)
+}
+
+async fn metrics_handler(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let openmetrics = metrics::wants_openmetrics(accept);
+    let registry = app.registry.clone();
+    // Encoding large snapshots is CPU work; keep it off the async workers.
+    let rendered =
+        tokio::task::spawn_blocking(move || metrics::render(&registry, openmetrics)).await;
+    match rendered {
+        Ok(Ok(body)) => {
+            let content_type = if openmetrics {
+                metrics::OPENMETRICS_CONTENT_TYPE
+            } else {
+                metrics::TEXT_CONTENT_TYPE
+            };
+            let mut response = Response::new(Body::from(body));
+            response
+                .headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+            response
+        }
+        _ => {
+            tracing::error!("encoding metrics failed");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "encoding metrics failed\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+async fn ready(State(app): State<AppState>) -> Response {
+    let waiting: Vec<String> = app
+        .projects
+        .iter()
+        .filter(|p| !state::read(p).ready)
+        .map(|p| state::read(p).name.clone())
+        .collect();
+    if waiting.is_empty() {
+        (StatusCode::OK, "Ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "Not ready: waiting for the first poll of {}\n",
+                waiting.join(", ")
+            ),
+        )
+            .into_response()
+    }
+}
+
+async fn landing(State(app): State<AppState>) -> Html<String> {
+    let mut rows = String::new();
+    for p in app.projects.iter() {
+        rows.push_str("<li>");
+        rows.push_str(&escape(&metrics::describe_state(&state::read(p))));
+        rows.push_str("</li>\n");
+    }
+    let path = escape(&app.telemetry_path);
+    Html(format!(
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Kapso Exporter</title></head>\n<body>\n<h1>Kapso Exporter</h1>\n<p>Version {version}</p>\n<ul>\n<li><a href=\"{path}\">Metrics</a></li>\n<li><a href=\"/-/healthy\">Health</a></li>\n<li><a href=\"/-/ready\">Readiness</a></li>\n</ul>\n<h2>Projects</h2>\n<ul>\n{rows}</ul>\n</body></html>\n",
+        version = escape(VERSION)
+    ))
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}

@@ -1,0 +1,487 @@
+//! The HTTP client of one Kapso project: authentication, rate limiting, retries, paging.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use serde::de::DeserializeOwned;
+use time::OffsetDateTime;
+use tokio::time::Instant;
+use url::Url;
+
+use super::error::ApiError;
+use super::limiter::RateLimiter;
+use super::models::{
+    Conversation, Execution, ExecutionStatus, ItemResponse, ListResponse, Workflow, error_message,
+    format_timestamp,
+};
+
+/// The largest page Kapso serves.
+pub const PAGE_LIMIT: u32 = 100;
+/// Paging stops (with an error) after this many pages of one list: 1,000,000 rows.
+pub const MAX_PAGES: usize = 10_000;
+/// A response body larger than this is refused rather than buffered.
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Endpoint templates, the `endpoint` label of `kapso_api_requests_total`.
+pub mod endpoint {
+    pub const WORKFLOWS: &str = "/workflows";
+    pub const WORKFLOW_EXECUTIONS: &str = "/workflows/{workflow_id}/executions";
+    pub const EXECUTION: &str = "/workflow_executions/{execution_id}";
+    pub const CONVERSATION_EXECUTIONS: &str =
+        "/whatsapp/conversations/{conversation_id}/flow_executions";
+    pub const CONVERSATIONS: &str = "/whatsapp/conversations";
+}
+
+/// A Kapso API key. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    pub fn new(key: impl Into<String>) -> Self {
+        Self(key.into())
+    }
+
+    /// The key itself, for the one header that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(<redacted>)")
+    }
+}
+
+/// How failed requests are retried.
+#[derive(Clone, Copy, Debug)]
+pub struct RetryPolicy {
+    /// Attempts per request, the first included.
+    pub attempts: u32,
+    /// Backoff before the second attempt; doubles each time, with full jitter.
+    pub base_backoff: Duration,
+    /// Upper bound of one backoff.
+    pub max_backoff: Duration,
+    /// Upper bound of one `Retry-After` pause; longer ones fail the request.
+    pub max_retry_after: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            base_backoff: Duration::from_millis(500),
+            max_backoff: Duration::from_secs(10),
+            max_retry_after: Duration::from_secs(120),
+        }
+    }
+}
+
+/// What the client saw, read by the metrics at scrape time.
+#[derive(Debug)]
+pub struct ApiStats {
+    requests: Mutex<BTreeMap<(&'static str, String), u64>>,
+    rate_limit_remaining: AtomicI64,
+}
+
+impl Default for ApiStats {
+    fn default() -> Self {
+        Self {
+            requests: Mutex::default(),
+            rate_limit_remaining: AtomicI64::new(-1),
+        }
+    }
+}
+
+impl ApiStats {
+    fn record(&self, endpoint: &'static str, code: &str) {
+        let mut requests = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *requests.entry((endpoint, code.to_owned())).or_default() += 1;
+    }
+
+    /// Requests made, by endpoint template and HTTP status (`error` for transport failures).
+    pub fn requests(&self) -> BTreeMap<(&'static str, String), u64> {
+        self.requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// The total number of requests made.
+    pub fn total(&self) -> u64 {
+        self.requests().values().sum()
+    }
+
+    /// The last `X-RateLimit-Remaining` seen, if any.
+    pub fn rate_limit_remaining(&self) -> Option<u64> {
+        u64::try_from(self.rate_limit_remaining.load(Ordering::Relaxed)).ok()
+    }
+}
+
+/// The client of one Kapso project (one API key).
+#[derive(Debug)]
+pub struct Client {
+    http: reqwest::Client,
+    base: Url,
+    key: ApiKey,
+    limiter: RateLimiter,
+    retry: RetryPolicy,
+    stats: std::sync::Arc<ApiStats>,
+}
+
+/// Query of `GET /workflows/{id}/executions`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecutionFilter {
+    pub status: Option<ExecutionStatus>,
+    pub created_after: Option<OffsetDateTime>,
+}
+
+impl Client {
+    /// A client for the API under `base` (e.g. `https://api.kapso.ai/platform/v1`).
+    pub fn new(
+        base: Url,
+        key: ApiKey,
+        requests_per_minute: u32,
+        timeout: Duration,
+        retry: RetryPolicy,
+    ) -> Result<Self, ApiError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("kapso-exporter/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| ApiError::Transport {
+                endpoint: "client",
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            http,
+            base,
+            key,
+            limiter: RateLimiter::new(requests_per_minute),
+            retry,
+            stats: Default::default(),
+        })
+    }
+
+    /// What this client has seen so far.
+    pub fn stats(&self) -> std::sync::Arc<ApiStats> {
+        self.stats.clone()
+    }
+
+    /// `GET /workflows`: every workflow of the project.
+    pub async fn list_workflows(&self) -> Result<Vec<Workflow>, ApiError> {
+        self.list_all(endpoint::WORKFLOWS, self.url(&["workflows"]), Vec::new())
+            .await
+    }
+
+    /// `GET /workflows/{id}/executions`, every page.
+    pub async fn list_workflow_executions(
+        &self,
+        workflow_id: &str,
+        filter: ExecutionFilter,
+    ) -> Result<Vec<Execution>, ApiError> {
+        let mut query = Vec::new();
+        if let Some(status) = filter.status {
+            query.push(("status", status.as_str().to_owned()));
+        }
+        if let Some(after) = filter.created_after {
+            query.push(("created_after", format_timestamp(after)));
+        }
+        let url = self.url(&["workflows", workflow_id, "executions"]);
+        self.list_all(endpoint::WORKFLOW_EXECUTIONS, url, query)
+            .await
+    }
+
+    /// `GET /whatsapp/conversations/{id}/flow_executions`, every page.
+    pub async fn list_conversation_executions(
+        &self,
+        conversation_id: &str,
+    ) -> Result<Vec<Execution>, ApiError> {
+        let url = self.url(&[
+            "whatsapp",
+            "conversations",
+            conversation_id,
+            "flow_executions",
+        ]);
+        self.list_all(endpoint::CONVERSATION_EXECUTIONS, url, Vec::new())
+            .await
+    }
+
+    /// `GET /whatsapp/conversations?last_active_after=...`, every page.
+    pub async fn list_conversations(
+        &self,
+        last_active_after: OffsetDateTime,
+    ) -> Result<Vec<Conversation>, ApiError> {
+        let query = vec![("last_active_after", format_timestamp(last_active_after))];
+        let url = self.url(&["whatsapp", "conversations"]);
+        self.list_all(endpoint::CONVERSATIONS, url, query).await
+    }
+
+    /// `GET /workflow_executions/{id}`.
+    pub async fn get_execution(&self, execution_id: &str) -> Result<Execution, ApiError> {
+        let url = self.url(&["workflow_executions", execution_id]);
+        let item: ItemResponse<Execution> = self.get(endpoint::EXECUTION, url, &[]).await?;
+        Ok(item.data)
+    }
+
+    fn url(&self, segments: &[&str]) -> Url {
+        let mut url = self.base.clone();
+        if let Ok(mut path) = url.path_segments_mut() {
+            path.pop_if_empty().extend(segments);
+        }
+        url
+    }
+
+    /// Follows `paging.next` to the end, guarding against a cursor that comes back.
+    async fn list_all<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: Url,
+        mut query: Vec<(&'static str, String)>,
+    ) -> Result<Vec<T>, ApiError> {
+        query.push(("limit", PAGE_LIMIT.to_string()));
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        for _ in 0..MAX_PAGES {
+            let page: ListResponse<T> = self.get(endpoint, url.clone(), &query).await?;
+            rows.extend(page.data);
+            let Some(next) = page.paging.and_then(|p| p.next).filter(|n| !n.is_empty()) else {
+                return Ok(rows);
+            };
+            if !seen.insert(next.clone()) {
+                return Err(ApiError::CursorLoop { endpoint });
+            }
+            query.retain(|(k, _)| *k != "after");
+            query.push(("after", next));
+        }
+        Err(ApiError::TooManyPages {
+            endpoint,
+            pages: MAX_PAGES,
+        })
+    }
+
+    /// One GET with rate limiting and retries, decoded as `T`.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        endpoint: &'static str,
+        url: Url,
+        query: &[(&'static str, String)],
+    ) -> Result<T, ApiError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let last = attempt >= self.retry.attempts;
+            self.limiter.acquire().await;
+            let sent = self
+                .http
+                .get(url.clone())
+                .header("X-API-Key", self.key.expose())
+                .header("Accept", "application/json")
+                .query(query)
+                .send()
+                .await;
+            let response = match sent {
+                Ok(response) => response,
+                Err(e) => {
+                    self.stats.record(endpoint, "error");
+                    let err = transport_error(endpoint, &e);
+                    if last {
+                        return Err(err);
+                    }
+                    tracing::debug!(endpoint, attempt, error = %err, "retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    continue;
+                }
+            };
+            let status = response.status();
+            self.stats.record(endpoint, status.as_str());
+            self.observe_rate_limit(response.headers());
+            if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
+                let wait = retry_after(response.headers()).unwrap_or(Duration::from_secs(60));
+                if last || wait > self.retry.max_retry_after {
+                    self.limiter.pause_until(Instant::now() + wait);
+                    return Err(ApiError::RateLimited { endpoint });
+                }
+                tracing::warn!(endpoint, wait = ?wait, "rate limited by Kapso; pausing every request of this key");
+                self.limiter.pause_until(Instant::now() + wait);
+                continue;
+            }
+            let body = match read_body(response, endpoint).await {
+                Ok(body) => body,
+                Err(err)
+                    if !last
+                        && matches!(err, ApiError::Timeout { .. } | ApiError::Transport { .. }) =>
+                {
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                    continue;
+                }
+                Err(err) => return Err(err),
+            };
+            let message = || error_message(&body).unwrap_or_else(|| format!("HTTP {status}"));
+            match status.as_u16() {
+                200..=299 => {
+                    return serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
+                        endpoint,
+                        message: e.to_string(),
+                    });
+                }
+                401 | 403 => {
+                    return Err(ApiError::Unauthorized {
+                        endpoint,
+                        status: status.as_u16(),
+                        message: message(),
+                    });
+                }
+                code @ (408 | 500..=599) => {
+                    if last {
+                        return Err(ApiError::Server {
+                            endpoint,
+                            status: code,
+                            message: message(),
+                        });
+                    }
+                    tracing::debug!(endpoint, attempt, status = code, "retrying");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+                code => {
+                    return Err(ApiError::Client {
+                        endpoint,
+                        status: code,
+                        message: message(),
+                    });
+                }
+            }
+        }
+    }
+
+    fn observe_rate_limit(&self, headers: &reqwest::header::HeaderMap) {
+        let remaining = headers
+            .get("x-ratelimit-remaining")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if let Some(remaining) = remaining {
+            self.stats.rate_limit_remaining.store(
+                i64::try_from(remaining).unwrap_or(i64::MAX),
+                Ordering::Relaxed,
+            );
+            self.limiter.observe_remaining(remaining, Instant::now());
+        }
+    }
+
+    /// Full-jitter exponential backoff before attempt `attempt + 1`.
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .retry
+            .base_backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16))
+            .min(self.retry.max_backoff);
+        exp.mul_f64(rand::rng().random_range(0.5..=1.0))
+    }
+}
+
+async fn read_body(
+    mut response: reqwest::Response,
+    endpoint: &'static str,
+) -> Result<Vec<u8>, ApiError> {
+    let mut body = Vec::new();
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > MAX_BODY_BYTES {
+                    return Err(ApiError::Decode {
+                        endpoint,
+                        message: format!("body larger than {MAX_BODY_BYTES} bytes"),
+                    });
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(e) => return Err(transport_error(endpoint, &e)),
+        }
+    }
+}
+
+fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> ApiError {
+    if e.is_timeout() {
+        return ApiError::Timeout { endpoint };
+    }
+    // The source chain says why (refused, reset, TLS); the URL is left out on purpose.
+    let mut message = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(e);
+    while let Some(err) = source {
+        let text = err.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+        source = err.source();
+    }
+    if let Some(url) = e.url() {
+        message = message.replace(url.as_str(), "<url>");
+    }
+    ApiError::Transport { endpoint, message }
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get("retry-after")?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let date = httpdate::parse_http_date(value).ok()?;
+    Some(
+        date.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_is_redacted_in_debug() {
+        let key = ApiKey::new("sk-live-secret");
+        assert!(!format!("{key:?}").contains("secret"));
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_dates() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("retry-after", "7".parse().expect("header"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        let later = std::time::SystemTime::now() + Duration::from_secs(30);
+        headers.insert(
+            "retry-after",
+            httpdate::fmt_http_date(later).parse().expect("header"),
+        );
+        let wait = retry_after(&headers).expect("a date");
+        assert!(wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28));
+        headers.insert("retry-after", "soon".parse().expect("header"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn ids_are_percent_encoded_as_path_segments() {
+        let client = Client::new(
+            Url::parse("https://api.kapso.ai/platform/v1").expect("url"),
+            ApiKey::new("k"),
+            80,
+            Duration::from_secs(5),
+            RetryPolicy::default(),
+        )
+        .expect("client");
+        let url = client.url(&["workflows", "a/b?c", "executions"]);
+        assert_eq!(
+            url.as_str(),
+            "https://api.kapso.ai/platform/v1/workflows/a%2Fb%3Fc/executions"
+        );
+    }
+}

@@ -1,0 +1,73 @@
+//! Errors of the Kapso client, each with the `kind` label used by `kapso_poll_errors_total`.
+
+/// Why a Kapso request (after its retries) failed. Messages never contain the API key.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("Kapso rejected the API key on {endpoint} (HTTP {status}): {message}")]
+    Unauthorized {
+        endpoint: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("Kapso rate-limited {endpoint} (HTTP 429) and retries are exhausted")]
+    RateLimited { endpoint: &'static str },
+    #[error("Kapso answered HTTP {status} on {endpoint}: {message}")]
+    Server {
+        endpoint: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("Kapso answered HTTP {status} on {endpoint}: {message}")]
+    Client {
+        endpoint: &'static str,
+        status: u16,
+        message: String,
+    },
+    #[error("request to {endpoint} timed out")]
+    Timeout { endpoint: &'static str },
+    #[error("cannot reach Kapso for {endpoint}: {message}")]
+    Transport {
+        endpoint: &'static str,
+        message: String,
+    },
+    #[error("cannot decode the response of {endpoint}: {message}")]
+    Decode {
+        endpoint: &'static str,
+        message: String,
+    },
+    #[error("{endpoint} returned a cursor it had already returned; paging stopped")]
+    CursorLoop { endpoint: &'static str },
+    #[error("{endpoint} returned more than {pages} pages; paging stopped")]
+    TooManyPages {
+        endpoint: &'static str,
+        pages: usize,
+    },
+}
+
+impl ApiError {
+    /// A short, bounded label value for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Unauthorized { .. } => "unauthorized",
+            Self::RateLimited { .. } => "rate_limited",
+            Self::Server { .. } => "server_error",
+            Self::Client { .. } => "client_error",
+            Self::Timeout { .. } => "timeout",
+            Self::Transport { .. } => "transport",
+            Self::Decode { .. } => "decode",
+            Self::CursorLoop { .. } | Self::TooManyPages { .. } => "paging",
+        }
+    }
+
+    /// All error kinds, so the error counter can be zero-filled.
+    pub const KINDS: [&'static str; 8] = [
+        "unauthorized",
+        "rate_limited",
+        "server_error",
+        "client_error",
+        "timeout",
+        "transport",
+        "decode",
+        "paging",
+    ];
+}

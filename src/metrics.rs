@@ -1,0 +1,556 @@
+//! Metric names, help texts and labels; the snapshot is encoded at scrape time.
+//!
+//! Nothing here calls Kapso: a scrape reads the last snapshot of each project and the clock.
+//! Stall gauges are computed from `last_event_at` against the scrape's "now", so they keep
+//! growing between polls. Series are emitted in a deterministic order.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use crate::clock::Clock;
+use crate::kapso::{ApiError, ExecutionStatus};
+use crate::poller::tracker::micros;
+use crate::state::{self, ProjectState, SharedProject, Snapshot};
+
+/// `Content-Type` of the classic text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of OpenMetrics.
+pub const OPENMETRICS_CONTENT_TYPE: &str =
+    "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Encodes every project's state at scrape time.
+#[derive(Debug)]
+pub struct KapsoCollector {
+    projects: Vec<SharedProject>,
+    clock: Clock,
+    stall_thresholds: Vec<u64>,
+    revision: &'static str,
+}
+
+/// The exporter's registry: one collector for everything.
+pub fn registry(
+    projects: Vec<SharedProject>,
+    clock: Clock,
+    stall_thresholds: &[std::time::Duration],
+) -> Registry {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(KapsoCollector {
+        projects,
+        clock,
+        stall_thresholds: stall_thresholds.iter().map(|d| d.as_secs()).collect(),
+        revision: env!("KAPSO_EXPORTER_REVISION"),
+    }));
+    registry
+}
+
+/// Renders the registry in the classic text format or OpenMetrics.
+pub fn render(registry: &Registry, openmetrics: bool) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    if openmetrics {
+        prometheus_client::encoding::text::encode(&mut out, registry)?;
+    } else {
+        prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?;
+    }
+    Ok(out)
+}
+
+/// Whether an `Accept` header asks for OpenMetrics (as Prometheus does when it prefers it).
+pub fn wants_openmetrics(accept: Option<&str>) -> bool {
+    let Some(accept) = accept else { return false };
+    let mut best: Option<(f32, bool)> = None;
+    for part in accept.split(',') {
+        let mut fields = part.split(';').map(str::trim);
+        let media = fields.next().unwrap_or("").to_ascii_lowercase();
+        let q = fields
+            .filter_map(|f| f.strip_prefix("q="))
+            .find_map(|q| q.parse::<f32>().ok())
+            .unwrap_or(1.0);
+        let om = match media.as_str() {
+            "application/openmetrics-text" => true,
+            "text/plain" | "*/*" | "text/*" => false,
+            _ => continue,
+        };
+        if q > 0.0 && best.is_none_or(|(bq, _)| q > bq) {
+            best = Some((q, om));
+        }
+    }
+    best.is_some_and(|(_, om)| om)
+}
+
+/// The parts of a project's state a scrape reads, copied out of the lock.
+struct View {
+    name: String,
+    snapshot: Arc<Snapshot>,
+    up: bool,
+    ready: bool,
+    last_success: Option<f64>,
+    last_duration: Option<f64>,
+    last_requests: u64,
+    interval: f64,
+    budget: u32,
+    polls: [(&'static str, u64); 2],
+    errors: Vec<(&'static str, u64)>,
+    requests: Vec<((&'static str, String), u64)>,
+    remaining: Option<u64>,
+}
+
+impl View {
+    fn of(p: &ProjectState) -> Self {
+        Self {
+            name: p.name.clone(),
+            snapshot: p.snapshot.clone(),
+            up: p.up,
+            ready: p.ready,
+            last_success: p
+                .last_success
+                .map(|t| t.unix_timestamp_nanos() as f64 / 1e9),
+            last_duration: p.last_poll_duration.map(|d| d.as_secs_f64()),
+            last_requests: p.last_poll_requests,
+            interval: p.poll_interval.as_secs_f64(),
+            budget: p.rate_limit,
+            polls: [("success", p.polls_success), ("error", p.polls_error)],
+            errors: ApiError::KINDS
+                .iter()
+                .map(|k| (*k, p.errors.get(k).copied().unwrap_or(0)))
+                .collect(),
+            requests: p.api.requests().into_iter().collect(),
+            remaining: p.api.rate_limit_remaining(),
+        }
+    }
+}
+
+type Labels<'a> = Vec<(&'static str, &'a str)>;
+/// Owned label pairs and a value.
+type Series = Vec<(Vec<(&'static str, String)>, f64)>;
+
+/// Writes one family: its descriptor, then each series.
+fn family<'a>(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric_type: MetricType,
+    series: impl IntoIterator<Item = (Labels<'a>, Value)>,
+) -> std::fmt::Result {
+    let mut fam = encoder.encode_descriptor(name, help, None, metric_type)?;
+    for (labels, value) in series {
+        let m = fam.encode_family(&labels)?;
+        match value {
+            Value::Gauge(v) => ConstGauge::new(v).encode(m)?,
+            Value::Counter(v) => ConstCounter::new(v).encode(m)?,
+        }
+    }
+    Ok(())
+}
+
+enum Value {
+    Gauge(f64),
+    Counter(u64),
+}
+
+fn gauge(v: impl Into<f64>) -> Value {
+    Value::Gauge(v.into())
+}
+
+impl Collector for KapsoCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let views: Vec<View> = self
+            .projects
+            .iter()
+            .map(|p| View::of(&state::read(p)))
+            .collect();
+        let now = micros(self.clock.now());
+        let stall_seconds =
+            |oldest: Option<i64>| oldest.map_or(0.0, |t| ((now - t) as f64 / 1e6).max(0.0));
+        let wf_name = |v: &View, id: &str| -> String {
+            v.snapshot
+                .workflows
+                .get(id)
+                .map_or_else(|| id.to_owned(), |m| m.name.clone())
+        };
+        // Workflow names are looked up once per scrape, not per series.
+        let names: Vec<Vec<(Arc<str>, String)>> = views
+            .iter()
+            .map(|v| {
+                v.snapshot
+                    .workflows
+                    .keys()
+                    .map(|id| (id.clone(), wf_name(v, id)))
+                    .collect()
+            })
+            .collect();
+        let name_of = |i: usize, id: &str| -> String {
+            names[i]
+                .binary_search_by(|(k, _)| k.as_ref().cmp(id))
+                .map_or_else(|_| wf_name(&views[i], id), |j| names[i][j].1.clone())
+        };
+
+        let mut rows = Vec::new();
+        for (i, v) in views.iter().enumerate() {
+            for ((wf, status), bucket) in &v.snapshot.live {
+                rows.push((i, wf.clone(), *status, bucket.count));
+            }
+        }
+        let owned: Vec<(Vec<(&'static str, String)>, f64)> = rows
+            .iter()
+            .map(|(i, wf, status, count)| {
+                (
+                    vec![
+                        ("project", views[*i].name.clone()),
+                        ("workflow_id", wf.to_string()),
+                        ("workflow", name_of(*i, wf)),
+                        ("status", status.as_str().to_owned()),
+                    ],
+                    *count as f64,
+                )
+            })
+            .collect();
+        family(
+            &mut enc,
+            "kapso_workflow_executions",
+            "Executions now in a live status (running, waiting, handoff), per workflow.",
+            MetricType::Gauge,
+            owned.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+        )?;
+
+        let mut conv = Vec::new();
+        let mut conv_stall = Vec::new();
+        for (i, v) in views.iter().enumerate() {
+            for s in &v.snapshot.conversations {
+                let labels = vec![
+                    ("project", v.name.clone()),
+                    ("conversation_id", s.conversation_id.to_string()),
+                    ("workflow_id", s.workflow_id.to_string()),
+                    ("workflow", name_of(i, &s.workflow_id)),
+                    ("status", s.status.as_str().to_owned()),
+                ];
+                if ExecutionStatus::STALLABLE.contains(&s.status) {
+                    conv_stall.push((labels.clone(), stall_seconds(s.oldest_last_event)));
+                }
+                conv.push((labels, s.count as f64));
+            }
+        }
+        family(
+            &mut enc,
+            "kapso_conversation_workflow_executions",
+            "Executions now in a live status, per conversation with a live execution (capped by --metrics.max-conversations, most stalled first).",
+            MetricType::Gauge,
+            conv.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+        )?;
+        family(
+            &mut enc,
+            "kapso_conversation_execution_stalled_seconds",
+            "Longest time since the last event among a conversation's executions in waiting or handoff.",
+            MetricType::Gauge,
+            conv_stall.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+        )?;
+
+        let mut stalled = Vec::new();
+        let mut over = Vec::new();
+        let thresholds: Vec<(String, i64)> = self
+            .stall_thresholds
+            .iter()
+            .map(|s| {
+                (
+                    s.to_string(),
+                    i64::try_from(*s)
+                        .unwrap_or(i64::MAX)
+                        .saturating_mul(1_000_000),
+                )
+            })
+            .collect();
+        for (i, v) in views.iter().enumerate() {
+            for ((wf, status), bucket) in &v.snapshot.live {
+                if !ExecutionStatus::STALLABLE.contains(status) {
+                    continue;
+                }
+                let labels = vec![
+                    ("project", v.name.clone()),
+                    ("workflow_id", wf.to_string()),
+                    ("workflow", name_of(i, wf)),
+                    ("status", status.as_str().to_owned()),
+                ];
+                stalled.push((
+                    labels.clone(),
+                    stall_seconds(bucket.last_events.first().copied()),
+                ));
+                for (label, thr) in &thresholds {
+                    let n = bucket
+                        .last_events
+                        .partition_point(|t| *t < now.saturating_sub(*thr));
+                    let mut l = labels.clone();
+                    l.push(("over", label.clone()));
+                    over.push((l, n as f64));
+                }
+            }
+        }
+        family(
+            &mut enc,
+            "kapso_workflow_execution_stalled_seconds",
+            "Longest time since the last event among a workflow's executions in waiting or handoff; 0 when there are none.",
+            MetricType::Gauge,
+            stalled.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+        )?;
+        family(
+            &mut enc,
+            "kapso_workflow_executions_stalled",
+            "Executions in waiting or handoff with no event for more than `over` seconds.",
+            MetricType::Gauge,
+            over.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+        )?;
+
+        let mut info = Vec::new();
+        let mut started = Vec::new();
+        let mut finished = Vec::new();
+        let mut handoffs = Vec::new();
+        for (i, v) in views.iter().enumerate() {
+            for (wf, meta) in &v.snapshot.workflows {
+                info.push(vec![
+                    ("project", v.name.clone()),
+                    ("workflow_id", wf.to_string()),
+                    ("workflow", meta.name.clone()),
+                    ("workflow_status", meta.status.clone()),
+                ]);
+            }
+            let base = |wf: &str| {
+                vec![
+                    ("project", v.name.clone()),
+                    ("workflow_id", wf.to_owned()),
+                    ("workflow", name_of(i, wf)),
+                ]
+            };
+            for (wf, n) in &v.snapshot.started {
+                started.push((base(wf), *n));
+            }
+            for ((wf, status), n) in &v.snapshot.finished {
+                let mut l = base(wf);
+                l.push(("status", status.as_str().to_owned()));
+                finished.push((l, *n));
+            }
+            for (wf, n) in &v.snapshot.handoffs {
+                handoffs.push((base(wf), *n));
+            }
+        }
+        family(
+            &mut enc,
+            "kapso_workflow_info",
+            "Metadata of each known workflow; always 1.",
+            MetricType::Gauge,
+            info.iter().map(|l| (borrow(l), gauge(1.0))),
+        )?;
+        family(
+            &mut enc,
+            "kapso_workflow_executions_started",
+            "Executions first seen since the exporter started (history before its first poll is not counted).",
+            MetricType::Counter,
+            started.iter().map(|(l, n)| (borrow(l), Value::Counter(*n))),
+        )?;
+        family(
+            &mut enc,
+            "kapso_workflow_executions_finished",
+            "Executions seen reaching ended or failed since the exporter started.",
+            MetricType::Counter,
+            finished
+                .iter()
+                .map(|(l, n)| (borrow(l), Value::Counter(*n))),
+        )?;
+        family(
+            &mut enc,
+            "kapso_workflow_execution_handoffs",
+            "Executions seen entering handoff since the exporter started.",
+            MetricType::Counter,
+            handoffs
+                .iter()
+                .map(|(l, n)| (borrow(l), Value::Counter(*n))),
+        )?;
+
+        self.encode_health(&mut enc, &views)
+    }
+}
+
+impl KapsoCollector {
+    fn encode_health(&self, enc: &mut DescriptorEncoder, views: &[View]) -> std::fmt::Result {
+        let per_project =
+            |f: &dyn Fn(&View) -> Option<f64>| -> Vec<(Vec<(&'static str, String)>, f64)> {
+                views
+                    .iter()
+                    .filter_map(|v| f(v).map(|x| (vec![("project", v.name.clone())], x)))
+                    .collect()
+            };
+        let gauges: [(&str, &str, Series); 9] = [
+            (
+                "kapso_up",
+                "1 when the last poll of the project completed, else 0.",
+                per_project(&|v| Some(f64::from(u8::from(v.up)))),
+            ),
+            (
+                "kapso_project_ready",
+                "1 once the project completed its first poll.",
+                per_project(&|v| Some(f64::from(u8::from(v.ready)))),
+            ),
+            (
+                "kapso_last_poll_success_timestamp_seconds",
+                "Unix time of the last complete poll of the project.",
+                per_project(&|v| v.last_success),
+            ),
+            (
+                "kapso_poll_duration_seconds",
+                "How long the last poll of the project took.",
+                per_project(&|v| v.last_duration),
+            ),
+            (
+                "kapso_poll_interval_seconds",
+                "Configured time between two polls of the project.",
+                per_project(&|v| Some(v.interval)),
+            ),
+            (
+                "kapso_api_requests_per_poll",
+                "Kapso API requests made by the last poll of the project.",
+                per_project(&|v| Some(v.last_requests as f64)),
+            ),
+            (
+                "kapso_api_rate_limit_remaining",
+                "Last X-RateLimit-Remaining header Kapso sent.",
+                per_project(&|v| v.remaining.map(|r| r as f64)),
+            ),
+            (
+                "kapso_api_rate_limit_budget",
+                "Requests per minute the exporter may spend on the project's API key.",
+                per_project(&|v| Some(f64::from(v.budget))),
+            ),
+            (
+                "kapso_conversations_live",
+                "Conversations with a live execution, before the --metrics.max-conversations cap.",
+                per_project(&|v| Some(v.snapshot.conversations_total as f64)),
+            ),
+        ];
+        for (name, help, series) in &gauges {
+            family(
+                enc,
+                name,
+                help,
+                MetricType::Gauge,
+                series.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+            )?;
+        }
+        let mut polls = Vec::new();
+        let mut errors = Vec::new();
+        let mut requests = Vec::new();
+        for v in views {
+            for (result, n) in v.polls {
+                polls.push((
+                    vec![("project", v.name.clone()), ("result", result.to_owned())],
+                    n,
+                ));
+            }
+            for (kind, n) in &v.errors {
+                errors.push((
+                    vec![("project", v.name.clone()), ("kind", (*kind).to_owned())],
+                    *n,
+                ));
+            }
+            for ((endpoint, code), n) in &v.requests {
+                requests.push((
+                    vec![
+                        ("project", v.name.clone()),
+                        ("endpoint", (*endpoint).to_owned()),
+                        ("code", code.clone()),
+                    ],
+                    *n,
+                ));
+            }
+        }
+        let counters = [
+            ("kapso_polls", "Polls of the project, by result.", polls),
+            (
+                "kapso_poll_errors",
+                "Failed polls of the project, by kind of error.",
+                errors,
+            ),
+            (
+                "kapso_api_requests",
+                "Kapso API requests made, by endpoint template and HTTP status (error for transport failures).",
+                requests,
+            ),
+        ];
+        for (name, help, series) in &counters {
+            family(
+                enc,
+                name,
+                help,
+                MetricType::Counter,
+                series.iter().map(|(l, n)| (borrow(l), Value::Counter(*n))),
+            )?;
+        }
+        let build = [vec![
+            ("version", env!("CARGO_PKG_VERSION").to_owned()),
+            ("revision", self.revision.to_owned()),
+        ]];
+        family(
+            enc,
+            "kapso_exporter_build_info",
+            "Version and git revision of the exporter; always 1.",
+            MetricType::Gauge,
+            build.iter().map(|l| (borrow(l), gauge(1.0))),
+        )
+    }
+}
+
+fn borrow<'a>(labels: &'a [(&'static str, String)]) -> Labels<'a> {
+    labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// A one-line summary of a project's state, for the landing page.
+pub fn describe_state(p: &ProjectState) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "{}: {}, {} workflows, {} polls ok, {} failed",
+        p.name,
+        if p.up {
+            "up"
+        } else if p.ready {
+            "down (serving last good state)"
+        } else {
+            "waiting for the first poll"
+        },
+        p.snapshot.workflows.len(),
+        p.polls_success,
+        p.polls_error
+    );
+    if let Some(t) = p.last_success {
+        let _ = write!(s, ", last success {t}");
+    }
+    if let Some(e) = &p.last_error {
+        let _ = write!(s, ", last error: {e}");
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accept_header_negotiation() {
+        assert!(!wants_openmetrics(None));
+        assert!(!wants_openmetrics(Some("text/plain")));
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text; version=1.0.0"
+        )));
+        // Prometheus 2.42's default scrape Accept header.
+        assert!(wants_openmetrics(Some(
+            "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1"
+        )));
+        assert!(!wants_openmetrics(Some(
+            "text/plain;q=1,application/openmetrics-text;q=0.5"
+        )));
+        assert!(!wants_openmetrics(Some("application/openmetrics-text;q=0")));
+    }
+}

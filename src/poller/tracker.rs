@@ -1,0 +1,540 @@
+//! What the poller remembers between polls, and how observations become counts.
+//!
+//! Pure logic, no I/O: the poller gathers an observation with the Kapso client, asks the
+//! tracker which extra queries it needs, then commits the whole observation at once. A poll
+//! that fails commits nothing, so the next successful poll accounts for both intervals.
+//!
+//! Terminal outcomes are counted exactly, without re-reading history:
+//! - an execution that was live at the previous poll and is no longer in a live list finished;
+//!   its outcome comes from `GET /workflow_executions/{id}` (one vanished execution) or one
+//!   `status=failed&created_after=<its start>` listing (several);
+//! - an execution that started since the previous poll is found by `created_after=<watermark>`.
+//!   That listing is skipped when the workflow list proves it would add nothing: the growth of
+//!   `execution_count` equals the number of new executions already seen in the live lists.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use time::OffsetDateTime;
+
+use crate::kapso::{Execution, ExecutionStatus, Workflow};
+use crate::state::{ConversationSeries, LiveBucket, Snapshot, WorkflowMeta};
+
+/// Unix microseconds.
+pub type Micros = i64;
+
+pub fn micros(t: OffsetDateTime) -> Micros {
+    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
+}
+
+pub fn from_micros(m: Micros) -> OffsetDateTime {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(m) * 1000)
+        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
+}
+
+/// The workflow id used for rows that carry none.
+pub const UNKNOWN_WORKFLOW: &str = "unknown";
+
+/// A live execution as remembered between polls.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LiveExec {
+    pub workflow_id: Arc<str>,
+    pub status: ExecutionStatus,
+    pub conversation_id: Option<Arc<str>>,
+    pub started_at: Option<Micros>,
+    pub last_event_at: Option<Micros>,
+}
+
+/// How a workflow's "started since the last poll" listing is needed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecentQuery {
+    /// The live lists already show every execution that started.
+    Skip,
+    /// List executions with `created_after` this instant (inclusive; older rows are ignored).
+    From(OffsetDateTime),
+    /// List every execution of the workflow.
+    All,
+}
+
+/// What one poll saw of one workflow (project mode).
+#[derive(Clone, Debug)]
+pub struct WorkflowObservation {
+    pub workflow: Workflow,
+    /// Rows of the live-status lists.
+    pub live: Vec<Execution>,
+    /// Rows of the `created_after` listing, when it ran.
+    pub recent: Vec<Execution>,
+    /// Outcome of executions that left the live lists, by id; missing ids ended.
+    pub outcomes: HashMap<String, ExecutionStatus>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct WorkflowTrack {
+    meta: Option<WorkflowMeta>,
+    execution_count: Option<u64>,
+    /// Started-at boundary: executions that started after it are new at the next poll.
+    watermark: Option<Micros>,
+    /// Whether `watermark` is the workflow list's `last_executed_at` (so `execution_count`
+    /// counts exactly the executions up to it).
+    watermark_from_list: bool,
+    /// Executions already counted that started after `watermark`.
+    ahead: HashSet<String>,
+    /// Live executions by id (project mode).
+    live: HashMap<String, LiveExec>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct ConversationTrack {
+    watermark: Option<Micros>,
+    live: HashMap<String, LiveExec>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Counters {
+    started: BTreeMap<Arc<str>, u64>,
+    finished: BTreeMap<(Arc<str>, ExecutionStatus), u64>,
+    handoffs: BTreeMap<Arc<str>, u64>,
+}
+
+/// The memory of one project's poller.
+#[derive(Clone, Debug, Default)]
+pub struct Tracker {
+    /// Local time of the first completed poll; `None` until then (nothing is counted then).
+    baseline: Option<Micros>,
+    workflows: BTreeMap<Arc<str>, WorkflowTrack>,
+    conversations: BTreeMap<Arc<str>, ConversationTrack>,
+    counters: Counters,
+    interned: HashSet<Arc<str>>,
+}
+
+impl Tracker {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the first poll has been committed.
+    pub fn has_baseline(&self) -> bool {
+        self.baseline.is_some()
+    }
+
+    fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.interned.get(s) {
+            return a.clone();
+        }
+        let a: Arc<str> = Arc::from(s);
+        self.interned.insert(a.clone());
+        a
+    }
+
+    /// The workflows the poller lists executions for.
+    pub fn known_workflow_ids(&self) -> Vec<Arc<str>> {
+        self.workflows.keys().cloned().collect()
+    }
+
+    /// Whether the workflow's executions are counted at this poll, and from which watermark.
+    fn counting_from(&self, wf: &Workflow) -> Option<Option<Micros>> {
+        let baseline = self.baseline?;
+        match self.workflows.get(wf.id.as_str()) {
+            Some(track) => Some(track.watermark),
+            // A workflow created after the first poll: all of its executions are new.
+            None => match wf.created_at.map(micros) {
+                Some(created) if created > baseline => Some(Some(created - 1)),
+                _ => None,
+            },
+        }
+    }
+
+    /// Which "started since the last poll" listing the workflow needs, given its live rows.
+    pub fn recent_query(&self, wf: &Workflow, live: &[Execution]) -> RecentQuery {
+        let Some(watermark) = self.counting_from(wf) else {
+            return RecentQuery::Skip;
+        };
+        let Some(watermark) = watermark else {
+            return RecentQuery::All;
+        };
+        let track = self.workflows.get(wf.id.as_str());
+        let prev_count = track.map_or(Some(0), |t| t.execution_count);
+        let list_watermark = track.is_none_or(|t| t.watermark_from_list);
+        let now = wf.last_executed_at.map(micros);
+        if let (Some(prev), Some(count), Some(now), true) =
+            (prev_count, wf.execution_count, now, list_watermark)
+        {
+            let mut seen: HashSet<&str> = track
+                .map(|t| t.ahead.iter().map(String::as_str).collect())
+                .unwrap_or_default();
+            for row in live {
+                if row
+                    .started_at
+                    .map(micros)
+                    .is_some_and(|s| s > watermark && s <= now)
+                {
+                    seen.insert(row.id.as_str());
+                }
+            }
+            if count.checked_sub(prev) == Some(seen.len() as u64) {
+                return RecentQuery::Skip;
+            }
+        }
+        RecentQuery::From(from_micros(watermark))
+    }
+
+    /// Executions that were live at the last poll and appear in neither listing now: they
+    /// finished (or moved to a status the exporter does not know).
+    pub fn vanished(
+        &self,
+        wf_id: &str,
+        live: &[Execution],
+        recent: &[Execution],
+    ) -> Vec<(String, Option<OffsetDateTime>)> {
+        let Some(track) = self.workflows.get(wf_id) else {
+            return Vec::new();
+        };
+        let seen: HashSet<&str> = live.iter().chain(recent).map(|r| r.id.as_str()).collect();
+        let mut gone: Vec<_> = track
+            .live
+            .iter()
+            .filter(|(id, _)| !seen.contains(id.as_str()))
+            .map(|(id, e)| (id.clone(), e.started_at.map(from_micros)))
+            .collect();
+        gone.sort();
+        gone
+    }
+
+    /// Commits a complete project-mode poll: every workflow of the project, observed.
+    pub fn commit_project(&mut self, observations: Vec<WorkflowObservation>, now: OffsetDateTime) {
+        let counting_baseline = self.baseline.is_some();
+        let listed: HashSet<String> = observations.iter().map(|o| o.workflow.id.clone()).collect();
+        // Deleted workflows leave with their series.
+        let gone: Vec<Arc<str>> = self
+            .workflows
+            .keys()
+            .filter(|id| !listed.contains(id.as_ref()))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.workflows.remove(&id);
+            self.counters.started.remove(&id);
+            self.counters.handoffs.remove(&id);
+            for s in ExecutionStatus::TERMINAL {
+                self.counters.finished.remove(&(id.clone(), s));
+            }
+        }
+        for obs in observations {
+            let counting = if counting_baseline {
+                self.counting_from(&obs.workflow)
+            } else {
+                None
+            };
+            self.commit_workflow(obs, counting);
+        }
+        self.baseline.get_or_insert(micros(now));
+    }
+
+    fn commit_workflow(&mut self, obs: WorkflowObservation, counting: Option<Option<Micros>>) {
+        let wf_id = self.intern(&obs.workflow.id);
+        let meta = WorkflowMeta {
+            name: obs
+                .workflow
+                .name
+                .clone()
+                .unwrap_or_else(|| obs.workflow.id.clone()),
+            status: obs
+                .workflow
+                .status
+                .clone()
+                .unwrap_or_else(|| "unknown".to_owned()),
+        };
+        let mut track = self.workflows.remove(&wf_id).unwrap_or_default();
+        let prev_live = std::mem::take(&mut track.live);
+        let watermark = counting.flatten();
+        let mut max_started = track.watermark;
+        let mut live: HashMap<String, LiveExec> = HashMap::new();
+        let mut seen = HashSet::new();
+        for row in obs.live.iter().chain(&obs.recent) {
+            let started = row.started_at.map(micros);
+            max_started = max_started.max(started);
+            if row.status.is_live() {
+                let exec = self.live_exec(&wf_id, row);
+                match live.get(&row.id) {
+                    Some(old) if old.last_event_at >= exec.last_event_at => {}
+                    _ => {
+                        live.insert(row.id.clone(), exec);
+                    }
+                }
+            }
+            if !seen.insert(row.id.as_str()) {
+                continue;
+            }
+            let Some(_) = counting else { continue };
+            let prev = prev_live.get(&row.id);
+            let known = prev.is_some() || track.ahead.contains(&row.id);
+            let is_new = !known && started.is_some_and(|s| watermark.is_none_or(|w| s > w));
+            if is_new {
+                *self.counters.started.entry(wf_id.clone()).or_default() += 1;
+            }
+            if (is_new || prev.is_some()) && row.status.is_terminal() {
+                *self
+                    .counters
+                    .finished
+                    .entry((wf_id.clone(), row.status))
+                    .or_default() += 1;
+            }
+            let was_handoff = prev.is_some_and(|p| p.status == ExecutionStatus::Handoff);
+            if (is_new || prev.is_some()) && row.status == ExecutionStatus::Handoff && !was_handoff
+            {
+                *self.counters.handoffs.entry(wf_id.clone()).or_default() += 1;
+            }
+        }
+        if counting.is_some() {
+            for (id, exec) in &prev_live {
+                if seen.contains(id.as_str()) {
+                    continue;
+                }
+                let outcome = obs
+                    .outcomes
+                    .get(id)
+                    .copied()
+                    .unwrap_or(ExecutionStatus::Ended);
+                if outcome.is_terminal() {
+                    *self
+                        .counters
+                        .finished
+                        .entry((wf_id.clone(), outcome))
+                        .or_default() += 1;
+                } else if outcome.is_live() {
+                    // It left the lists while they were read; it is still live.
+                    let mut exec = exec.clone();
+                    if outcome == ExecutionStatus::Handoff
+                        && exec.status != ExecutionStatus::Handoff
+                    {
+                        *self.counters.handoffs.entry(wf_id.clone()).or_default() += 1;
+                    }
+                    exec.status = outcome;
+                    live.insert(id.clone(), exec);
+                }
+            }
+        }
+        // Advance the watermark to the list's last_executed_at when it has one, else to the
+        // newest start seen; remember counted executions beyond it.
+        let list_mark = obs.workflow.last_executed_at.map(micros);
+        let new_mark = list_mark.or(max_started).max(track.watermark);
+        track.watermark_from_list = list_mark.is_some() && obs.workflow.execution_count.is_some();
+        track.ahead = obs
+            .live
+            .iter()
+            .chain(&obs.recent)
+            .filter(|r| {
+                r.started_at
+                    .map(micros)
+                    .is_some_and(|s| new_mark.is_some_and(|m| s > m))
+            })
+            .map(|r| r.id.clone())
+            .collect();
+        track.watermark = new_mark;
+        track.execution_count = obs.workflow.execution_count;
+        track.meta = Some(meta);
+        track.live = live;
+        for s in ExecutionStatus::TERMINAL {
+            self.counters
+                .finished
+                .entry((wf_id.clone(), s))
+                .or_default();
+        }
+        self.counters.started.entry(wf_id.clone()).or_default();
+        self.counters.handoffs.entry(wf_id.clone()).or_default();
+        self.workflows.insert(wf_id, track);
+    }
+
+    fn live_exec(&mut self, wf_id: &Arc<str>, row: &Execution) -> LiveExec {
+        LiveExec {
+            workflow_id: wf_id.clone(),
+            status: row.status,
+            conversation_id: row
+                .whatsapp_conversation_id
+                .as_deref()
+                .map(|c| self.intern(c)),
+            started_at: row.started_at.map(micros),
+            last_event_at: row.last_event_at.or(row.started_at).map(micros),
+        }
+    }
+
+    /// Commits a complete conversation-mode poll: every executions row of each watched
+    /// conversation, all statuses.
+    pub fn commit_conversations(
+        &mut self,
+        observations: Vec<(String, Vec<Execution>)>,
+        now: OffsetDateTime,
+    ) {
+        let listed: HashSet<&str> = observations.iter().map(|(c, _)| c.as_str()).collect();
+        self.conversations
+            .retain(|id, _| listed.contains(id.as_ref()));
+        for (conversation, rows) in observations {
+            self.commit_conversation(&conversation, rows);
+        }
+        self.baseline.get_or_insert(micros(now));
+    }
+
+    fn commit_conversation(&mut self, conversation: &str, rows: Vec<Execution>) {
+        let conv_id = self.intern(conversation);
+        let baseline = self.baseline;
+        let mut track = self
+            .conversations
+            .remove(&conv_id)
+            .unwrap_or_else(|| ConversationTrack {
+                // A conversation added after the first poll counts what started since then.
+                watermark: baseline,
+                live: HashMap::new(),
+            });
+        let counting = baseline.is_some();
+        let prev_live = std::mem::take(&mut track.live);
+        let mut max_started = track.watermark;
+        let mut seen = HashSet::new();
+        for row in &rows {
+            if !seen.insert(row.id.as_str()) {
+                continue;
+            }
+            let wf = row.workflow.clone().unwrap_or_default();
+            let wf_id = self.intern(wf.id.as_deref().unwrap_or(UNKNOWN_WORKFLOW));
+            let entry = self.workflows.entry(wf_id.clone()).or_default();
+            if wf.name.is_some() || entry.meta.is_none() {
+                entry.meta = Some(WorkflowMeta {
+                    name: wf.name.clone().unwrap_or_else(|| wf_id.to_string()),
+                    status: wf.status.clone().unwrap_or_else(|| "unknown".to_owned()),
+                });
+            }
+            let started = row.started_at.map(micros);
+            max_started = max_started.max(started);
+            if row.status.is_live() {
+                let mut exec = self.live_exec(&wf_id, row);
+                exec.conversation_id = Some(conv_id.clone());
+                track.live.insert(row.id.clone(), exec);
+            }
+            if !counting {
+                continue;
+            }
+            let prev = prev_live.get(&row.id);
+            let is_new =
+                prev.is_none() && started.is_some_and(|s| track.watermark.is_none_or(|w| s > w));
+            if is_new {
+                *self.counters.started.entry(wf_id.clone()).or_default() += 1;
+            }
+            if (is_new || prev.is_some()) && row.status.is_terminal() {
+                *self
+                    .counters
+                    .finished
+                    .entry((wf_id.clone(), row.status))
+                    .or_default() += 1;
+            }
+            let was_handoff = prev.is_some_and(|p| p.status == ExecutionStatus::Handoff);
+            if (is_new || prev.is_some()) && row.status == ExecutionStatus::Handoff && !was_handoff
+            {
+                *self.counters.handoffs.entry(wf_id.clone()).or_default() += 1;
+            }
+        }
+        track.watermark = max_started;
+        let wf_ids: Vec<Arc<str>> = track.live.values().map(|e| e.workflow_id.clone()).collect();
+        for wf_id in wf_ids
+            .into_iter()
+            .chain(self.workflows.keys().cloned().collect::<Vec<_>>())
+        {
+            for s in ExecutionStatus::TERMINAL {
+                self.counters
+                    .finished
+                    .entry((wf_id.clone(), s))
+                    .or_default();
+            }
+            self.counters.started.entry(wf_id.clone()).or_default();
+            self.counters.handoffs.entry(wf_id).or_default();
+        }
+        self.conversations.insert(conv_id, track);
+    }
+
+    /// Every live execution, in either mode.
+    fn live_execs(&self) -> impl Iterator<Item = &LiveExec> {
+        self.workflows
+            .values()
+            .flat_map(|t| t.live.values())
+            .chain(self.conversations.values().flat_map(|t| t.live.values()))
+    }
+
+    /// The metrics' view of what the tracker knows.
+    pub fn snapshot(&self, max_conversations: usize) -> Snapshot {
+        let mut snap = Snapshot::default();
+        for (id, track) in &self.workflows {
+            let meta = track.meta.clone().unwrap_or_else(|| WorkflowMeta {
+                name: id.to_string(),
+                status: "unknown".to_owned(),
+            });
+            snap.workflows.insert(id.clone(), meta);
+            for s in ExecutionStatus::LIVE {
+                snap.live.insert((id.clone(), s), LiveBucket::default());
+            }
+        }
+        type ConvKey = (Arc<str>, Arc<str>, ExecutionStatus);
+        let mut per_conv: HashMap<ConvKey, (u64, Option<Micros>)> = HashMap::new();
+        for e in self.live_execs() {
+            let bucket = snap
+                .live
+                .entry((e.workflow_id.clone(), e.status))
+                .or_default();
+            bucket.count += 1;
+            if let Some(t) = e.last_event_at {
+                bucket.last_events.push(t);
+            }
+            if let Some(c) = &e.conversation_id {
+                let entry = per_conv
+                    .entry((c.clone(), e.workflow_id.clone(), e.status))
+                    .or_insert((0, None));
+                entry.0 += 1;
+                entry.1 = match (entry.1, e.last_event_at) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        for bucket in snap.live.values_mut() {
+            bucket.last_events.sort_unstable();
+        }
+        // Rank conversations by their oldest waiting/handoff event (most stalled first), then
+        // those with only running executions; keep the first `max_conversations`.
+        let mut rank: HashMap<Arc<str>, (bool, Micros)> = HashMap::new();
+        for ((c, _, status), (_, oldest)) in &per_conv {
+            let stallable = ExecutionStatus::STALLABLE.contains(status);
+            let key = (!stallable, oldest.unwrap_or(i64::MAX));
+            let r = rank.entry(c.clone()).or_insert(key);
+            *r = (*r).min(key);
+        }
+        snap.conversations_total = rank.len();
+        let mut ranked: Vec<(Arc<str>, (bool, Micros))> = rank.into_iter().collect();
+        ranked.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+        let kept: HashSet<Arc<str>> = ranked
+            .into_iter()
+            .take(max_conversations)
+            .map(|(c, _)| c)
+            .collect();
+        snap.conversations = per_conv
+            .into_iter()
+            .filter(|((c, _, _), _)| kept.contains(c))
+            .map(
+                |((conversation_id, workflow_id, status), (count, oldest))| ConversationSeries {
+                    conversation_id,
+                    workflow_id,
+                    status,
+                    count,
+                    oldest_last_event: oldest,
+                },
+            )
+            .collect();
+        snap.conversations.sort_by(|a, b| {
+            (&a.conversation_id, &a.workflow_id, a.status).cmp(&(
+                &b.conversation_id,
+                &b.workflow_id,
+                b.status,
+            ))
+        });
+        snap.started = self.counters.started.clone();
+        snap.finished = self.counters.finished.clone();
+        snap.handoffs = self.counters.handoffs.clone();
+        snap
+    }
+}

@@ -1,0 +1,148 @@
+//! The latest snapshot of each project and what its last poll did.
+//!
+//! Pollers write here; the metrics collector and the landing page read. A failed poll keeps
+//! the previous snapshot, so `/metrics` always serves the last good state, and the age of that
+//! state is visible through `kapso_last_poll_success_timestamp_seconds`.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+
+use crate::kapso::{ApiStats, ExecutionStatus};
+
+/// A workflow as the metrics show it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkflowMeta {
+    pub name: String,
+    pub status: String,
+}
+
+/// Live executions of one (workflow, status): their `last_event_at`, sorted ascending.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LiveBucket {
+    /// Unix microseconds; one entry per execution with a known `last_event_at`.
+    pub last_events: Vec<i64>,
+    pub count: u64,
+}
+
+/// Live executions of one (conversation, workflow, status).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConversationSeries {
+    pub conversation_id: Arc<str>,
+    pub workflow_id: Arc<str>,
+    pub status: ExecutionStatus,
+    pub count: u64,
+    /// Unix microseconds of the oldest `last_event_at`, if any is known.
+    pub oldest_last_event: Option<i64>,
+}
+
+/// Everything one successful poll established.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Known workflows by id.
+    pub workflows: BTreeMap<Arc<str>, WorkflowMeta>,
+    /// Every known workflow x live status (zero-filled).
+    pub live: BTreeMap<(Arc<str>, ExecutionStatus), LiveBucket>,
+    /// Per-conversation series, most stalled conversations first, already capped.
+    pub conversations: Vec<ConversationSeries>,
+    /// Conversations with a live execution, before the cap.
+    pub conversations_total: usize,
+    pub started: BTreeMap<Arc<str>, u64>,
+    pub finished: BTreeMap<(Arc<str>, ExecutionStatus), u64>,
+    pub handoffs: BTreeMap<Arc<str>, u64>,
+}
+
+/// The state of one project.
+#[derive(Debug)]
+pub struct ProjectState {
+    pub name: String,
+    pub poll_interval: Duration,
+    pub rate_limit: u32,
+    pub api: Arc<ApiStats>,
+    pub snapshot: Arc<Snapshot>,
+    /// Whether the last poll completed.
+    pub up: bool,
+    /// Whether any poll has completed.
+    pub ready: bool,
+    pub last_success: Option<OffsetDateTime>,
+    pub last_poll_duration: Option<Duration>,
+    pub last_poll_requests: u64,
+    pub last_error: Option<String>,
+    pub polls_success: u64,
+    pub polls_error: u64,
+    pub errors: BTreeMap<&'static str, u64>,
+}
+
+/// A shared handle on one project's state.
+pub type SharedProject = Arc<RwLock<ProjectState>>;
+
+impl ProjectState {
+    pub fn new(name: &str, poll_interval: Duration, rate_limit: u32, api: Arc<ApiStats>) -> Self {
+        Self {
+            name: name.to_owned(),
+            poll_interval,
+            rate_limit,
+            api,
+            snapshot: Arc::default(),
+            up: false,
+            ready: false,
+            last_success: None,
+            last_poll_duration: None,
+            last_poll_requests: 0,
+            last_error: None,
+            polls_success: 0,
+            polls_error: 0,
+            errors: BTreeMap::new(),
+        }
+    }
+
+    pub fn shared(self) -> SharedProject {
+        Arc::new(RwLock::new(self))
+    }
+
+    /// Records a completed poll and its snapshot.
+    pub fn record_success(
+        &mut self,
+        snapshot: Snapshot,
+        at: OffsetDateTime,
+        took: Duration,
+        requests: u64,
+    ) {
+        self.snapshot = Arc::new(snapshot);
+        self.up = true;
+        self.ready = true;
+        self.last_success = Some(at);
+        self.last_poll_duration = Some(took);
+        self.last_poll_requests = requests;
+        self.last_error = None;
+        self.polls_success += 1;
+    }
+
+    /// Records a failed poll; the previous snapshot stays.
+    pub fn record_failure(
+        &mut self,
+        kind: &'static str,
+        message: String,
+        took: Duration,
+        requests: u64,
+    ) {
+        self.up = false;
+        self.last_poll_duration = Some(took);
+        self.last_poll_requests = requests;
+        self.last_error = Some(message);
+        self.polls_error += 1;
+        *self.errors.entry(kind).or_default() += 1;
+    }
+}
+
+/// Read access that survives a panicked writer.
+pub fn read(p: &SharedProject) -> std::sync::RwLockReadGuard<'_, ProjectState> {
+    p.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Write access that survives a panicked writer.
+pub fn write(p: &SharedProject) -> std::sync::RwLockWriteGuard<'_, ProjectState> {
+    p.write().unwrap_or_else(|e| e.into_inner())
+}
