@@ -175,8 +175,8 @@ impl Client {
 
     /// `GET /workflows`: every workflow of the project.
     pub async fn list_workflows(&self) -> Result<Vec<Workflow>, ApiError> {
-        self.list_all(endpoint::WORKFLOWS, self.url(&["workflows"]), Vec::new())
-            .await
+        let url = self.url(endpoint::WORKFLOWS, &["workflows"])?;
+        self.list_all(endpoint::WORKFLOWS, url, Vec::new()).await
     }
 
     /// `GET /workflows/{id}/executions`, every page.
@@ -192,7 +192,10 @@ impl Client {
         if let Some(after) = filter.created_after {
             query.push(("created_after", format_timestamp(after)));
         }
-        let url = self.url(&["workflows", workflow_id, "executions"]);
+        let url = self.url(
+            endpoint::WORKFLOW_EXECUTIONS,
+            &["workflows", workflow_id, "executions"],
+        )?;
         self.list_all(endpoint::WORKFLOW_EXECUTIONS, url, query)
             .await
     }
@@ -202,12 +205,15 @@ impl Client {
         &self,
         conversation_id: &str,
     ) -> Result<Vec<Execution>, ApiError> {
-        let url = self.url(&[
-            "whatsapp",
-            "conversations",
-            conversation_id,
-            "flow_executions",
-        ]);
+        let url = self.url(
+            endpoint::CONVERSATION_EXECUTIONS,
+            &[
+                "whatsapp",
+                "conversations",
+                conversation_id,
+                "flow_executions",
+            ],
+        )?;
         self.list_all(endpoint::CONVERSATION_EXECUTIONS, url, Vec::new())
             .await
     }
@@ -218,23 +224,43 @@ impl Client {
         last_active_after: OffsetDateTime,
     ) -> Result<Vec<Conversation>, ApiError> {
         let query = vec![("last_active_after", format_timestamp(last_active_after))];
-        let url = self.url(&["whatsapp", "conversations"]);
+        let url = self.url(endpoint::CONVERSATIONS, &["whatsapp", "conversations"])?;
         self.list_all(endpoint::CONVERSATIONS, url, query).await
     }
 
     /// `GET /workflow_executions/{id}`.
     pub async fn get_execution(&self, execution_id: &str) -> Result<Execution, ApiError> {
-        let url = self.url(&["workflow_executions", execution_id]);
+        let url = self.url(endpoint::EXECUTION, &["workflow_executions", execution_id])?;
         let item: ItemResponse<Execution> = self.get(endpoint::EXECUTION, url, &[]).await?;
         Ok(item.data)
     }
 
-    fn url(&self, segments: &[&str]) -> Url {
+    /// The URL of `segments` under the base path, each segment percent-encoded (`/` too).
+    ///
+    /// `url` silently drops `.` and `..` segments and turns `""` into `//`, so such an id would
+    /// address another resource (`/workflows/../executions` -> `/workflows/executions`); it is
+    /// refused instead.
+    fn url(&self, endpoint: &'static str, segments: &[&str]) -> Result<Url, ApiError> {
+        if let Some(bad) = segments.iter().find(|s| matches!(**s, "" | "." | "..")) {
+            return Err(ApiError::InvalidId {
+                endpoint,
+                id: (*bad).to_owned(),
+            });
+        }
         let mut url = self.base.clone();
         if let Ok(mut path) = url.path_segments_mut() {
             path.pop_if_empty().extend(segments);
         }
-        url
+        Ok(url)
+    }
+
+    /// A server-supplied error text with the API key blanked out, should Kapso echo it.
+    fn redact(&self, text: String) -> String {
+        let key = self.key.expose();
+        if key.is_empty() || !text.contains(key) {
+            return text;
+        }
+        text.replace(key, "<redacted>")
     }
 
     /// Follows `paging.next` to the end, guarding against a cursor that comes back.
@@ -322,7 +348,8 @@ impl Client {
                 }
                 Err(err) => return Err(err),
             };
-            let message = || error_message(&body).unwrap_or_else(|| format!("HTTP {status}"));
+            let message =
+                || self.redact(error_message(&body).unwrap_or_else(|| format!("HTTP {status}")));
             match status.as_u16() {
                 200..=299 => {
                     return serde_json::from_slice(&body).map_err(|e| ApiError::Decode {
@@ -478,7 +505,12 @@ mod tests {
             RetryPolicy::default(),
         )
         .expect("client");
-        let url = client.url(&["workflows", "a/b?c", "executions"]);
+        let url = client
+            .url(
+                endpoint::WORKFLOW_EXECUTIONS,
+                &["workflows", "a/b?c", "executions"],
+            )
+            .expect("a valid id");
         assert_eq!(
             url.as_str(),
             "https://api.kapso.ai/platform/v1/workflows/a%2Fb%3Fc/executions"

@@ -37,6 +37,8 @@ pub enum ApiError {
     },
     #[error("{endpoint} returned a cursor it had already returned; paging stopped")]
     CursorLoop { endpoint: &'static str },
+    #[error("refusing to request {endpoint} for the id {id:?}: not usable as a path segment")]
+    InvalidId { endpoint: &'static str, id: String },
     #[error("{endpoint} returned more than {pages} pages; paging stopped")]
     TooManyPages {
         endpoint: &'static str,
@@ -51,7 +53,7 @@ impl ApiError {
             Self::Unauthorized { .. } => "unauthorized",
             Self::RateLimited { .. } => "rate_limited",
             Self::Server { .. } => "server_error",
-            Self::Client { .. } => "client_error",
+            Self::Client { .. } | Self::InvalidId { .. } => "client_error",
             Self::Timeout { .. } => "timeout",
             Self::Transport { .. } => "transport",
             Self::Decode { .. } => "decode",

@@ -1,0 +1,222 @@
+//! The binary: bad configuration is one line and exit code 64 before any port is bound;
+//! `--demo` serves every metric within seconds; SIGTERM stops it gracefully.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kapso-exporter");
+
+fn run(args: &[&str], key: Option<&str>) -> std::process::Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .env_remove("KAPSO_API_KEY")
+        .env_remove("KAPSO_BASE_URL");
+    if let Some(k) = key {
+        cmd.env("KAPSO_API_KEY", k);
+    }
+    cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+#[test]
+fn bad_configuration_is_one_line_and_exit_64() {
+    let dir = std::env::temp_dir().join(format!("kx-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad_yaml = dir.join("bad.yml");
+    std::fs::write(&bad_yaml, "projects:\n  - name: a\n    nope: 1\n").unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let addr = format!("127.0.0.1:{port}");
+    let cases: Vec<(Vec<&str>, Option<&str>, &str)> = vec![
+        (vec!["--web.listen-address", &addr], None, "KAPSO_API_KEY"),
+        (
+            vec!["--poll.interval", "often", "--web.listen-address", &addr],
+            Some("k"),
+            "--poll.interval",
+        ),
+        (vec!["--no-such-flag"], Some("k"), "--no-such-flag"),
+        (
+            vec!["--config.file", bad_yaml.to_str().unwrap()],
+            Some("k"),
+            "nope",
+        ),
+        (
+            vec!["--config.file", "/nonexistent.yml"],
+            Some("k"),
+            "/nonexistent.yml",
+        ),
+        (vec!["--kapso.timeout", "90s"], Some("k"), "--kapso.timeout"),
+    ];
+    for (args, key, needle) in cases {
+        let out = run(&args, key);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert_eq!(
+            stderr.lines().count(),
+            1,
+            "{args:?}: not one line: {stderr}"
+        );
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty());
+    }
+    // Nothing was bound: the port is still free.
+    std::net::TcpListener::bind(&addr).unwrap();
+}
+
+#[test]
+fn config_check_validates_and_exits() {
+    let out = run(
+        &["--config.check", "--kapso.conversation-id", "c-1"],
+        Some("sk-secret-value"),
+    );
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(!stdout.contains("sk-secret-value"));
+}
+
+#[test]
+fn version_shows_the_revision() {
+    let out = run(&["--version"], None);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.starts_with("kapso-exporter ") && stdout.contains("revision"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn demo_serves_every_metric_and_stops_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .args([
+            "--demo",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--poll.interval",
+            "2s",
+            "--kapso.timeout",
+            "1s",
+        ])
+        .env_remove("KAPSO_API_KEY")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("a 'serving metrics' log line");
+        if line.contains("serving metrics") {
+            let a = line
+                .split("address=")
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .to_owned();
+            break a;
+        }
+    };
+    let wanted = [
+        "kapso_workflow_executions{",
+        "kapso_conversation_workflow_executions{",
+        "kapso_workflow_executions_started_total{",
+        "kapso_workflow_executions_finished_total{",
+        "kapso_workflow_execution_handoffs_total{",
+        "kapso_workflow_execution_stalled_seconds{",
+        "kapso_workflow_executions_stalled{",
+        "kapso_conversation_execution_stalled_seconds{",
+        "kapso_workflow_info{",
+        "kapso_up{project=\"default\"} 1",
+        "kapso_last_poll_success_timestamp_seconds{",
+        "kapso_poll_duration_seconds{",
+        "kapso_api_requests_total{",
+        "kapso_api_rate_limit_remaining{",
+        "kapso_exporter_build_info{",
+    ];
+    let mut body = String::new();
+    while Instant::now() < deadline {
+        if let Ok(resp) = ureq_get(&format!("http://{addr}/metrics")) {
+            body = resp;
+            let finished: f64 = body
+                .lines()
+                .filter(|l| l.starts_with("kapso_workflow_executions_finished_total{"))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            if wanted.iter().all(|w| body.contains(w)) && finished > 0.0 {
+                break;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for w in wanted {
+        assert!(body.contains(w), "missing {w} in:\n{body}");
+    }
+    assert_eq!(
+        ureq_get(&format!("http://{addr}/-/ready")).unwrap(),
+        "Ready\n"
+    );
+
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let stop_deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "exit status after SIGTERM: {status}");
+            break;
+        }
+        assert!(
+            Instant::now() < stop_deadline,
+            "did not stop within 15 s of SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A blocking GET with a plain TCP socket (keeps the test free of an async runtime).
+fn ureq_get(url: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap();
+    let mut s = std::net::TcpStream::connect(host)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // HTTP/1.0: the server answers without chunked encoding and closes.
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n")?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head
+        .split_whitespace()
+        .nth(1)
+        .is_some_and(|code| code == "200")
+    {
+        return Err(std::io::Error::other(
+            head.lines().next().unwrap_or("").to_owned(),
+        ));
+    }
+    Ok(body.to_owned())
+}

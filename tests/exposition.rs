@@ -1,0 +1,155 @@
+//! `/metrics` checked by independent parsers: Python's prometheus_client (classic text and
+//! strict OpenMetrics) and `promtool check metrics`; hostile workflow names survive.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use kapso_exporter::clock::Clock;
+use kapso_exporter::simulator::{ExecStatus, Simulator};
+use support::{Harness, KEY, has_command, require, scrape, test_start};
+
+const HOSTILE: &str = "Support \"VIP\" \\ desk\nsecond line – ñandú 🚀";
+
+async fn harness() -> Harness {
+    let clock = Clock::manual(test_start());
+    let sim = Simulator::empty(KEY, clock.clone());
+    let wf = sim.add_workflow(HOSTILE, "active");
+    let plain = sim.add_workflow("plain", "archived");
+    let conv = sim.add_conversation();
+    sim.start_execution(&wf, Some(&conv), ExecStatus::Waiting);
+    sim.start_execution(&plain, Some(&conv), ExecStatus::Handoff);
+    clock.advance(std::time::Duration::from_secs(100));
+    let mut h = Harness::new(sim, clock, &[]).await;
+    h.poll().await;
+    h
+}
+
+fn python_parse(format: &str, body: &str) -> Option<serde_json::Value> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/exposition/parse.py");
+    let mut child = Command::new("python3")
+        .args([script, format])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .ok()?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "prometheus_client rejected the {format} body: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+fn python_available() -> bool {
+    has_command("python3", &["-c", "import prometheus_client"])
+}
+
+fn workflow_names(samples: &serde_json::Value, name: &str) -> Vec<String> {
+    samples
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["name"] == name)
+        .map(|s| s["labels"]["workflow"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn classic_text_parses_and_names_round_trip() {
+    let h = harness().await;
+    let (ct, body) = scrape(&h.exporter.router, None).await;
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert!(!body.contains("# EOF"));
+    if !require(python_available(), "python3 with prometheus_client") {
+        return;
+    }
+    let samples = python_parse("text", &body).unwrap();
+    let names = workflow_names(&samples, "kapso_workflow_info");
+    assert!(names.contains(&HOSTILE.to_owned()), "{names:?}");
+    let waiting = samples
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| {
+            s["name"] == "kapso_workflow_executions"
+                && s["labels"]["workflow"] == HOSTILE
+                && s["labels"]["status"] == "waiting"
+        })
+        .unwrap();
+    assert_eq!(waiting["value"], 1.0);
+    assert_eq!(waiting["type"], "gauge");
+}
+
+#[tokio::test]
+async fn openmetrics_is_served_on_request_and_parses_strictly() {
+    let h = harness().await;
+    let (ct, body) = scrape(
+        &h.exporter.router,
+        Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
+    )
+    .await;
+    assert!(ct.starts_with("application/openmetrics-text"), "{ct}");
+    assert!(body.ends_with("# EOF\n"));
+    if !require(python_available(), "python3 with prometheus_client") {
+        return;
+    }
+    let samples = python_parse("openmetrics", &body).unwrap();
+    let started: Vec<_> = samples
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["family"] == "kapso_workflow_executions_started")
+        .collect();
+    assert_eq!(started.len(), 2);
+    assert!(
+        started
+            .iter()
+            .all(|s| s["type"] == "counter"
+                && s["name"] == "kapso_workflow_executions_started_total")
+    );
+    assert!(workflow_names(&samples, "kapso_workflow_info").contains(&HOSTILE.to_owned()));
+}
+
+#[tokio::test]
+async fn promtool_lints_the_classic_text() {
+    let h = harness().await;
+    let (_, body) = scrape(&h.exporter.router, None).await;
+    if !require(has_command("promtool", &["--version"]), "promtool") {
+        return;
+    }
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "promtool check metrics failed:\n{report}"
+    );
+    assert!(report.trim().is_empty(), "promtool findings:\n{report}");
+}

@@ -1,0 +1,169 @@
+//! The HTTP endpoints, readiness, and last-good-state behaviour when Kapso fails.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Method, Request};
+use kapso_exporter::clock::Clock;
+use kapso_exporter::simulator::{ExecStatus, Faults, Simulator};
+use support::{Harness, KEY, get, parse, test_start};
+use tower::ServiceExt;
+
+async fn call(router: &axum::Router, method: Method, path: &str) -> (u16, String) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .body(Body::empty())
+        .unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+async fn harness() -> (Harness, String) {
+    let clock = Clock::manual(test_start());
+    let sim = Simulator::empty(KEY, clock.clone());
+    let wf = sim.add_workflow("Support", "active");
+    let conv = sim.add_conversation();
+    sim.start_execution(&wf, Some(&conv), ExecStatus::Waiting);
+    (Harness::new(sim, clock, &[]).await, wf)
+}
+
+#[tokio::test]
+async fn endpoints_answer_as_documented() {
+    let (mut h, _) = harness().await;
+    let r = &h.exporter.router;
+    assert_eq!(call(r, Method::GET, "/-/healthy").await.0, 200);
+    let (code, body) = call(r, Method::GET, "/-/ready").await;
+    assert_eq!(code, 503);
+    assert!(body.contains("default"), "{body}");
+    // Before the first poll, /metrics serves the exporter's own health.
+    let s = parse(&h.scrape().await);
+    assert_eq!(get(&s, "kapso_up", &[("project", "default")]), Some(0.0));
+    assert_eq!(
+        get(&s, "kapso_project_ready", &[("project", "default")]),
+        Some(0.0)
+    );
+
+    h.poll().await;
+    let r = &h.exporter.router;
+    assert_eq!(
+        call(r, Method::GET, "/-/ready").await,
+        (200, "Ready\n".to_owned())
+    );
+    let (code, page) = call(r, Method::GET, "/").await;
+    assert_eq!(code, 200);
+    assert!(
+        page.contains("Kapso Exporter")
+            && page.contains("href=\"/metrics\"")
+            && page.contains("default: up"),
+        "{page}"
+    );
+    assert_eq!(call(r, Method::HEAD, "/metrics").await.0, 200);
+    assert_eq!(call(r, Method::POST, "/metrics").await.0, 405);
+    assert_eq!(call(r, Method::DELETE, "/-/ready").await.0, 405);
+    assert_eq!(call(r, Method::GET, "/nope").await.0, 404);
+    for path in ["/", "/metrics", "/-/ready"] {
+        assert!(
+            !call(r, Method::GET, path).await.1.contains(KEY),
+            "key leaked on {path}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn failed_polls_keep_the_last_good_state_and_show_its_age() {
+    let (mut h, wf) = harness().await;
+    h.poll().await;
+    let first = parse(&h.scrape().await);
+    let success_at = get(
+        &first,
+        "kapso_last_poll_success_timestamp_seconds",
+        &[("project", "default")],
+    )
+    .unwrap();
+    assert_eq!(success_at, test_start().unix_timestamp() as f64);
+
+    // The key is revoked: 401, no retry, state kept, kapso_up 0, error counted by kind.
+    h.sim.set_api_key("rotated");
+    h.clock.advance(Duration::from_secs(60));
+    let err = h.exporter.pollers[0].poll_once().await.unwrap_err();
+    assert!(err.to_string().contains("401"), "{err}");
+    assert!(!format!("{err} {err:?}").contains(KEY));
+    let s = parse(&h.scrape().await);
+    let p = [("project", "default")];
+    assert_eq!(get(&s, "kapso_up", &p), Some(0.0));
+    assert_eq!(
+        get(&s, "kapso_last_poll_success_timestamp_seconds", &p),
+        Some(success_at)
+    );
+    assert_eq!(
+        get(
+            &s,
+            "kapso_poll_errors_total",
+            &[("project", "default"), ("kind", "unauthorized")]
+        ),
+        Some(1.0)
+    );
+    let live = [
+        ("project", "default"),
+        ("workflow_id", wf.as_str()),
+        ("workflow", "Support"),
+        ("status", "waiting"),
+    ];
+    assert_eq!(get(&s, "kapso_workflow_executions", &live), Some(1.0));
+    assert_eq!(
+        get(
+            &s,
+            "kapso_api_requests_total",
+            &[
+                ("project", "default"),
+                ("endpoint", "/workflows"),
+                ("code", "401")
+            ]
+        ),
+        Some(1.0)
+    );
+
+    // Malformed bodies: a decode error, counted, state kept.
+    h.sim.set_api_key(KEY);
+    h.sim.set_faults(Faults {
+        malformed_rate: 1.0,
+        ..Faults::default()
+    });
+    assert!(h.exporter.pollers[0].poll_once().await.is_err());
+    let s = parse(&h.scrape().await);
+    assert_eq!(
+        get(
+            &s,
+            "kapso_poll_errors_total",
+            &[("project", "default"), ("kind", "decode")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(get(&s, "kapso_workflow_executions", &live), Some(1.0));
+
+    // Fault cleared: the next poll recovers.
+    h.sim.set_faults(Faults::default());
+    h.poll().await;
+    let s = parse(&h.scrape().await);
+    assert_eq!(get(&s, "kapso_up", &p), Some(1.0));
+    assert_eq!(
+        get(&s, "kapso_last_poll_success_timestamp_seconds", &p),
+        Some(success_at + 60.0)
+    );
+    assert_eq!(
+        get(
+            &s,
+            "kapso_polls_total",
+            &[("project", "default"), ("result", "error")]
+        ),
+        Some(2.0)
+    );
+}
