@@ -149,24 +149,20 @@ impl Tracker {
         let Some(watermark) = self.counting_from(wf) else {
             return RecentQuery::Skip;
         };
-        let Some(watermark) = watermark else {
-            return RecentQuery::All;
-        };
         let track = self.workflows.get(wf.id.as_str());
         let prev_count = track.map_or(Some(0), |t| t.execution_count);
-        let list_watermark = track.is_none_or(|t| t.watermark_from_list);
+        // The counts are comparable when the watermark is the list's last_executed_at, or
+        // when the workflow had no execution at all.
+        let comparable = watermark.is_none() || track.is_none_or(|t| t.watermark_from_list);
         let now = wf.last_executed_at.map(micros);
-        if let (Some(prev), Some(count), Some(now), true) =
-            (prev_count, wf.execution_count, now, list_watermark)
-        {
+        if let (Some(prev), Some(count), true) = (prev_count, wf.execution_count, comparable) {
             let mut seen: HashSet<&str> = track
                 .map(|t| t.ahead.iter().map(String::as_str).collect())
                 .unwrap_or_default();
             for row in live {
-                if row
-                    .started_at
-                    .map(micros)
-                    .is_some_and(|s| s > watermark && s <= now)
+                let started = row.started_at.map(micros);
+                if started
+                    .is_some_and(|s| watermark.is_none_or(|w| s > w) && now.is_none_or(|n| s <= n))
                 {
                     seen.insert(row.id.as_str());
                 }
@@ -175,6 +171,9 @@ impl Tracker {
                 return RecentQuery::Skip;
             }
         }
+        let Some(watermark) = watermark else {
+            return RecentQuery::All;
+        };
         RecentQuery::From(from_micros(watermark))
     }
 
