@@ -209,11 +209,7 @@ fn ureq_get(url: &str) -> std::io::Result<String> {
     s.read_to_end(&mut raw)?;
     let text = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    if !head
-        .split_whitespace()
-        .nth(1)
-        .is_some_and(|code| code == "200")
-    {
+    if head.split_whitespace().nth(1) != Some("200") {
         return Err(std::io::Error::other(
             head.lines().next().unwrap_or("").to_owned(),
         ));

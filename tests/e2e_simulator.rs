@@ -206,8 +206,8 @@ fn populated(clock: &Clock) -> (Simulator, Vec<String>, Vec<String>) {
     for i in 0..30 {
         sim.start_execution(&wfs[0], Some(&convs[i % 7]), ExecStatus::Running);
     }
-    for i in 0..5 {
-        sim.start_execution(&wfs[0], Some(&convs[i]), ExecStatus::Handoff);
+    for conv in &convs[..5] {
+        sim.start_execution(&wfs[0], Some(conv), ExecStatus::Handoff);
         clock.advance(Duration::from_secs(400));
     }
     for i in 0..10 {
