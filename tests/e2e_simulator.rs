@@ -393,3 +393,32 @@ async fn requests(h: &Harness) -> f64 {
     let s = parse(&h.scrape().await);
     get(&s, "kapso_api_requests_per_poll", &[("project", "default")]).unwrap()
 }
+
+#[tokio::test]
+async fn discovered_conversations_match_ground_truth() {
+    let clock = Clock::manual(test_start());
+    let (sim, wfs, convs) = populated(&clock);
+    let mut h = Harness::new(
+        sim,
+        clock.clone(),
+        &["--kapso.discover-conversations", "2h"],
+    )
+    .await;
+    h.sim.mark();
+    h.poll().await;
+    assert_matches(
+        &parse(&h.scrape().await),
+        &h.sim.ground_truth(),
+        clock.now(),
+        false,
+    );
+    clock.advance(Duration::from_secs(60));
+    let quick = h
+        .sim
+        .start_execution(&wfs[1], Some(&convs[0]), ExecStatus::Running);
+    h.sim.set_status(&quick, ExecStatus::Failed);
+    h.poll().await;
+    let truth = h.sim.ground_truth();
+    assert_eq!(truth.finished[&(wfs[1].clone(), ExecStatus::Failed)], 1);
+    assert_matches(&parse(&h.scrape().await), &truth, clock.now(), false);
+}
