@@ -96,6 +96,31 @@ struct Counters {
     handoffs: BTreeMap<Arc<str>, u64>,
 }
 
+impl Counters {
+    /// Counts what one row shows: `is_new` if it started since the last poll, `prev` its live
+    /// status at the last poll (if it was live then).
+    fn count(
+        &mut self,
+        wf_id: &Arc<str>,
+        is_new: bool,
+        prev: Option<ExecutionStatus>,
+        now: ExecutionStatus,
+    ) {
+        if is_new {
+            *self.started.entry(wf_id.clone()).or_default() += 1;
+        }
+        if !is_new && prev.is_none() {
+            return;
+        }
+        if now.is_terminal() {
+            *self.finished.entry((wf_id.clone(), now)).or_default() += 1;
+        }
+        if now == ExecutionStatus::Handoff && prev != Some(ExecutionStatus::Handoff) {
+            *self.handoffs.entry(wf_id.clone()).or_default() += 1;
+        }
+    }
+}
+
 /// The memory of one project's poller.
 #[derive(Clone, Debug, Default)]
 pub struct Tracker {
@@ -268,21 +293,8 @@ impl Tracker {
             let prev = prev_live.get(&row.id);
             let known = prev.is_some() || track.ahead.contains(&row.id);
             let is_new = !known && started.is_some_and(|s| watermark.is_none_or(|w| s > w));
-            if is_new {
-                *self.counters.started.entry(wf_id.clone()).or_default() += 1;
-            }
-            if (is_new || prev.is_some()) && row.status.is_terminal() {
-                *self
-                    .counters
-                    .finished
-                    .entry((wf_id.clone(), row.status))
-                    .or_default() += 1;
-            }
-            let was_handoff = prev.is_some_and(|p| p.status == ExecutionStatus::Handoff);
-            if (is_new || prev.is_some()) && row.status == ExecutionStatus::Handoff && !was_handoff
-            {
-                *self.counters.handoffs.entry(wf_id.clone()).or_default() += 1;
-            }
+            self.counters
+                .count(&wf_id, is_new, prev.map(|p| p.status), row.status);
         }
         if counting.is_some() {
             for (id, exec) in &prev_live {
@@ -414,21 +426,8 @@ impl Tracker {
             let prev = prev_live.get(&row.id);
             let is_new =
                 prev.is_none() && started.is_some_and(|s| track.watermark.is_none_or(|w| s > w));
-            if is_new {
-                *self.counters.started.entry(wf_id.clone()).or_default() += 1;
-            }
-            if (is_new || prev.is_some()) && row.status.is_terminal() {
-                *self
-                    .counters
-                    .finished
-                    .entry((wf_id.clone(), row.status))
-                    .or_default() += 1;
-            }
-            let was_handoff = prev.is_some_and(|p| p.status == ExecutionStatus::Handoff);
-            if (is_new || prev.is_some()) && row.status == ExecutionStatus::Handoff && !was_handoff
-            {
-                *self.counters.handoffs.entry(wf_id.clone()).or_default() += 1;
-            }
+            self.counters
+                .count(&wf_id, is_new, prev.map(|p| p.status), row.status);
         }
         track.watermark = max_started;
         let wf_ids: Vec<Arc<str>> = track.live.values().map(|e| e.workflow_id.clone()).collect();
