@@ -27,28 +27,33 @@ async fn harness() -> Harness {
     h
 }
 
-fn python_parse(format: &str, body: &str) -> Option<serde_json::Value> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/exposition/parse.py");
-    let mut child = Command::new("python3")
-        .args([script, format])
+/// Runs `cmd` with `body` on its standard input.
+fn pipe(cmd: &str, args: &[&str], body: &str) -> std::process::Output {
+    let mut child = Command::new(cmd)
+        .args(args)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .ok()?;
+        .unwrap();
     child
         .stdin
         .take()
         .unwrap()
         .write_all(body.as_bytes())
         .unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn python_parse(format: &str, body: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/exposition/parse.py");
+    let out = pipe("python3", &[script, format], body);
     assert!(
         out.status.success(),
         "prometheus_client rejected the {format} body: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    Some(serde_json::from_slice(&out.stdout).unwrap())
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 fn python_available() -> bool {
@@ -74,7 +79,7 @@ async fn classic_text_parses_and_names_round_trip() {
     if !require(python_available(), "python3 with prometheus_client") {
         return;
     }
-    let samples = python_parse("text", &body).unwrap();
+    let samples = python_parse("text", &body);
     let names = workflow_names(&samples, "kapso_workflow_info");
     assert!(names.contains(&HOSTILE.to_owned()), "{names:?}");
     let waiting = samples
@@ -104,7 +109,7 @@ async fn openmetrics_is_served_on_request_and_parses_strictly() {
     if !require(python_available(), "python3 with prometheus_client") {
         return;
     }
-    let samples = python_parse("openmetrics", &body).unwrap();
+    let samples = python_parse("openmetrics", &body);
     let started: Vec<_> = samples
         .as_array()
         .unwrap()
@@ -128,20 +133,7 @@ async fn promtool_lints_the_classic_text() {
     if !require(has_command("promtool", &["--version"]), "promtool") {
         return;
     }
-    let mut child = Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(body.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = pipe("promtool", &["check", "metrics"], &body);
     let report = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),

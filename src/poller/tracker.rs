@@ -97,6 +97,15 @@ struct Counters {
 }
 
 impl Counters {
+    /// Pre-creates every counter series of a workflow at 0.
+    fn zero_fill(&mut self, wf_id: &Arc<str>) {
+        for s in ExecutionStatus::TERMINAL {
+            self.finished.entry((wf_id.clone(), s)).or_default();
+        }
+        self.started.entry(wf_id.clone()).or_default();
+        self.handoffs.entry(wf_id.clone()).or_default();
+    }
+
     /// Counts what one row shows: `is_new` if it started since the last poll, `prev` its live
     /// status at the last poll (if it was live then).
     fn count(
@@ -345,14 +354,7 @@ impl Tracker {
         track.execution_count = obs.workflow.execution_count;
         track.meta = Some(meta);
         track.live = live;
-        for s in ExecutionStatus::TERMINAL {
-            self.counters
-                .finished
-                .entry((wf_id.clone(), s))
-                .or_default();
-        }
-        self.counters.started.entry(wf_id.clone()).or_default();
-        self.counters.handoffs.entry(wf_id.clone()).or_default();
+        self.counters.zero_fill(&wf_id);
         self.workflows.insert(wf_id, track);
     }
 
@@ -381,6 +383,10 @@ impl Tracker {
             .retain(|id, _| listed.contains(id.as_ref()));
         for (conversation, rows) in observations {
             self.commit_conversation(&conversation, rows);
+        }
+        // Every workflow a row named is in `self.workflows`; zero-fill once, not per conversation.
+        for wf_id in self.workflows.keys() {
+            self.counters.zero_fill(wf_id);
         }
         self.baseline.get_or_insert(micros(now));
     }
@@ -430,20 +436,6 @@ impl Tracker {
                 .count(&wf_id, is_new, prev.map(|p| p.status), row.status);
         }
         track.watermark = max_started;
-        let wf_ids: Vec<Arc<str>> = track.live.values().map(|e| e.workflow_id.clone()).collect();
-        for wf_id in wf_ids
-            .into_iter()
-            .chain(self.workflows.keys().cloned().collect::<Vec<_>>())
-        {
-            for s in ExecutionStatus::TERMINAL {
-                self.counters
-                    .finished
-                    .entry((wf_id.clone(), s))
-                    .or_default();
-            }
-            self.counters.started.entry(wf_id.clone()).or_default();
-            self.counters.handoffs.entry(wf_id).or_default();
-        }
         self.conversations.insert(conv_id, track);
     }
 
