@@ -89,7 +89,9 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if config.demo {
-        let sim = Simulator::new(SimulatorConfig::demo(), clock.clone());
+        let demo = SimulatorConfig::demo();
+        let key = ApiKey::new(demo.api_key.clone());
+        let sim = Simulator::new(demo, clock.clone());
         let running = sim
             .spawn()
             .await
@@ -97,19 +99,15 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
         tracing::info!(url = %running.base_url, "demo: serving a simulated Kapso API");
         for p in &mut config.projects {
             p.base_url = running.base_url.clone();
-            p.api_key = ApiKey::new(SimulatorConfig::demo().api_key);
+            p.api_key = key.clone();
         }
+        let ticker = sim.run_ticker(Duration::from_secs(1));
         let token = cancel.clone();
         tasks.spawn(async move {
+            // The simulator serves and evolves until shutdown.
             let _running = running;
-            let step = Duration::from_secs(1);
-            let mut ticks = tokio::time::interval(step);
-            loop {
-                tokio::select! {
-                    _ = token.cancelled() => return,
-                    _ = ticks.tick() => sim.tick(step),
-                }
-            }
+            token.cancelled().await;
+            ticker.abort();
         });
     }
     let listener = TcpListener::bind(config.listen_address)
