@@ -13,6 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use kapso_exporter::config::DEFAULT_LISTEN_ADDRESS;
 
+mod support;
+use support::{has_command, require};
+
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
@@ -20,28 +23,6 @@ fn repo_root() -> PathBuf {
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo_root().join(path))
         .unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
-}
-
-/// The outside-program rule. Returns false when the caller should return (skip).
-fn require(available: bool, what: &str) -> bool {
-    if available {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{what} is required when CI=true");
-    }
-    eprintln!("SKIPPED: {what} is not available");
-    false
-}
-
-fn has_command(cmd: &str, args: &[&str]) -> bool {
-    Command::new(cmd)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
 }
 
 fn is_root() -> bool {

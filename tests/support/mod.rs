@@ -203,6 +203,7 @@ pub fn require(available: bool, what: &str) -> bool {
 pub fn has_command(cmd: &str, args: &[&str]) -> bool {
     std::process::Command::new(cmd)
         .args(args)
+        .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .status()
