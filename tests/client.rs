@@ -58,6 +58,15 @@ async fn bounded<T>(fut: impl Future<Output = T>) -> T {
         .expect("the client call hung")
 }
 
+/// Answers every GET of `path` with `response`.
+async fn mount_get(server: &MockServer, path_: &str, response: impl Respond + 'static) {
+    Mock::given(method("GET"))
+        .and(path(path_))
+        .respond_with(response)
+        .mount(server)
+        .await;
+}
+
 async fn received(server: &MockServer) -> Vec<Request> {
     server.received_requests().await.unwrap()
 }
@@ -177,36 +186,39 @@ fn counts(entries: &[(&'static str, &str, u64)]) -> BTreeMap<(&'static str, Stri
 #[tokio::test]
 async fn every_request_carries_the_key_the_documented_path_and_limit() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(ok(json!({"data": [{"id": "wf-1", "name": "Support"}]})))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows/wf-1/executions"))
-        .respond_with(ok(page(&[exec_row("e1")], None)))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(
-            "/platform/v1/whatsapp/conversations/c-1/flow_executions",
-        ))
-        .respond_with(ok(page(&[exec_row("e2")], None)))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/whatsapp/conversations"))
-        .respond_with(ok(json!({
+    mount_get(
+        &server,
+        "/platform/v1/workflows",
+        ok(json!({"data": [{"id": "wf-1", "name": "Support"}]})),
+    )
+    .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows/wf-1/executions",
+        ok(page(&[exec_row("e1")], None)),
+    )
+    .await;
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations/c-1/flow_executions",
+        ok(page(&[exec_row("e2")], None)),
+    )
+    .await;
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations",
+        ok(json!({
             "data": [{"id": "c-1", "last_active_at": "2026-05-15T12:00:00Z"}],
             "paging": {"next": null}
-        })))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflow_executions/e1"))
-        .respond_with(ok(json!({"data": exec_row("e1")})))
-        .mount(&server)
-        .await;
+        })),
+    )
+    .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflow_executions/e1",
+        ok(json!({"data": exec_row("e1")})),
+    )
+    .await;
     let client = client(&server);
 
     let workflows = bounded(client.list_workflows()).await.unwrap();
@@ -271,11 +283,7 @@ async fn every_request_carries_the_key_the_documented_path_and_limit() {
 #[tokio::test]
 async fn a_trailing_slash_on_the_base_url_adds_no_empty_segment() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(ok(json!({"data": []})))
-        .mount(&server)
-        .await;
+    mount_get(&server, "/platform/v1/workflows", ok(json!({"data": []}))).await;
     let base = Url::parse(&format!("{}/platform/v1/", server.uri())).unwrap();
     let client = client_with(base, 1000, Duration::from_secs(5), fast_retry(1));
     assert!(bounded(client.list_workflows()).await.unwrap().is_empty());
@@ -288,25 +296,24 @@ async fn a_trailing_slash_on_the_base_url_adds_no_empty_segment() {
 #[tokio::test]
 async fn ids_are_percent_encoded_as_single_path_segments() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(
-            "/platform/v1/workflows/team%2Fa%20b%3Fx%23y%25/executions",
-        ))
-        .respond_with(ok(page(&[exec_row("e1")], None)))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path(
-            "/platform/v1/whatsapp/conversations/conv%2F..%2Fworkflows/flow_executions",
-        ))
-        .respond_with(ok(page(&[exec_row("e2")], None)))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflow_executions/exec%2F1"))
-        .respond_with(ok(json!({"data": exec_row("exec/1")})))
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows/team%2Fa%20b%3Fx%23y%25/executions",
+        ok(page(&[exec_row("e1")], None)),
+    )
+    .await;
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations/conv%2F..%2Fworkflows/flow_executions",
+        ok(page(&[exec_row("e2")], None)),
+    )
+    .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflow_executions/exec%2F1",
+        ok(json!({"data": exec_row("exec/1")})),
+    )
+    .await;
     let client = client(&server);
 
     let rows =
@@ -422,21 +429,21 @@ async fn pages_are_followed_through_next_with_the_exact_cursor() {
 #[tokio::test]
 async fn a_missing_paging_object_or_next_ends_the_list() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(
-            "/platform/v1/whatsapp/conversations/c-1/flow_executions",
-        ))
-        .respond_with(ok(json!({
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations/c-1/flow_executions",
+        ok(json!({
             "data": [exec_row("r1")],
             "paging": {"cursors": {"before": "YQ==", "after": "Yg=="}, "previous": null}
-        })))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/whatsapp/conversations"))
-        .respond_with(ok(json!({"data": [{"id": "c-1"}]})))
-        .mount(&server)
-        .await;
+        })),
+    )
+    .await;
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations",
+        ok(json!({"data": [{"id": "c-1"}]})),
+    )
+    .await;
     let client = client(&server);
     let rows = bounded(client.list_conversation_executions("c-1"))
         .await
@@ -452,14 +459,15 @@ async fn a_missing_paging_object_or_next_ends_the_list() {
 #[tokio::test]
 async fn a_repeated_cursor_fails_with_cursor_loop_after_two_requests() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/whatsapp/conversations"))
-        .respond_with(ok(json!({
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations",
+        ok(json!({
             "data": [{"id": "c-1"}],
             "paging": {"cursors": {"after": "c2FtZQ=="}, "next": "c2FtZQ=="}
-        })))
-        .mount(&server)
-        .await;
+        })),
+    )
+    .await;
     let client = client(&server);
     let err = bounded(client.list_conversations(datetime!(2026-05-15 11:00 UTC)))
         .await
@@ -492,11 +500,7 @@ async fn retry_after_seconds_delays_the_retry() {
             ok(json!({"data": [{"id": "wf-1"}]}))
         }
     });
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(responder)
-        .mount(&server)
-        .await;
+    mount_get(&server, "/platform/v1/workflows", responder).await;
     let client = client(&server);
 
     let started = Instant::now();
@@ -530,11 +534,7 @@ async fn retry_after_as_an_http_date_delays_the_retry() {
             ok(json!({"data": exec_row("e1")}))
         }
     });
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflow_executions/e1"))
-        .respond_with(responder)
-        .mount(&server)
-        .await;
+    mount_get(&server, "/platform/v1/workflow_executions/e1", responder).await;
     let client = client(&server);
 
     assert_eq!(bounded(client.get_execution("e1")).await.unwrap().id, "e1");
@@ -559,16 +559,8 @@ async fn a_429_pause_holds_a_concurrent_call_of_the_same_key() {
         }
     });
     let (second, second_arrivals) = script(|_| ok(json!({"data": exec_row("e9")})));
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(first)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflow_executions/e9"))
-        .respond_with(second)
-        .mount(&server)
-        .await;
+    mount_get(&server, "/platform/v1/workflows", first).await;
+    mount_get(&server, "/platform/v1/workflow_executions/e9", second).await;
     let client = client(&server);
 
     let a = tokio::spawn({
@@ -608,11 +600,12 @@ async fn a_429_pause_holds_a_concurrent_call_of_the_same_key() {
 #[tokio::test]
 async fn a_retry_after_beyond_the_cap_fails_at_once_and_still_pauses_the_key() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(ResponseTemplate::new(429).insert_header("Retry-After", "60"))
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows",
+        ResponseTemplate::new(429).insert_header("Retry-After", "60"),
+    )
+    .await;
     // max_retry_after is 30 s in `fast_retry`.
     let client = client(&server);
     let started = Instant::now();
@@ -648,11 +641,7 @@ async fn server_errors_are_retried_until_success() {
             ok(page(&[exec_row("e1")], None))
         }
     });
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows/wf-1/executions"))
-        .respond_with(responder)
-        .mount(&server)
-        .await;
+    mount_get(&server, "/platform/v1/workflows/wf-1/executions", responder).await;
     let client = client(&server);
     let rows = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default()))
         .await
@@ -664,13 +653,12 @@ async fn server_errors_are_retried_until_success() {
 #[tokio::test]
 async fn a_persistent_503_gives_up_after_the_configured_attempts() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(
-            ResponseTemplate::new(503).set_body_json(json!({"error": "Service Unavailable"})),
-        )
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows",
+        ResponseTemplate::new(503).set_body_json(json!({"error": "Service Unavailable"})),
+    )
+    .await;
     let client = client_with(
         base_url(&server),
         1000,
@@ -696,22 +684,21 @@ async fn a_persistent_503_gives_up_after_the_configured_attempts() {
 #[tokio::test]
 async fn unauthorized_is_reported_at_once_without_the_key() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(
-            ResponseTemplate::new(401)
-                .set_body_json(json!({"error": "Invalid or missing API key"})),
-        )
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows",
+        ResponseTemplate::new(401).set_body_json(json!({"error": "Invalid or missing API key"})),
+    )
+    .await;
     // A server that echoes the rejected key back must not leak it into logs either.
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflow_executions/e1"))
-        .respond_with(ResponseTemplate::new(401).set_body_json(json!({
+    mount_get(
+        &server,
+        "/platform/v1/workflow_executions/e1",
+        ResponseTemplate::new(401).set_body_json(json!({
             "error": format!("Invalid API key {KEY}")
-        })))
-        .mount(&server)
-        .await;
+        })),
+    )
+    .await;
     let client = client(&server);
 
     let err = bounded(client.list_workflows()).await.unwrap_err();
@@ -752,15 +739,12 @@ async fn unauthorized_is_reported_at_once_without_the_key() {
 #[tokio::test]
 async fn not_found_is_a_client_error_with_the_body_message() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(
-            "/platform/v1/whatsapp/conversations/gone/flow_executions",
-        ))
-        .respond_with(
-            ResponseTemplate::new(404).set_body_json(json!({"error": "Conversation not found"})),
-        )
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations/gone/flow_executions",
+        ResponseTemplate::new(404).set_body_json(json!({"error": "Conversation not found"})),
+    )
+    .await;
     let client = client(&server);
     let err = bounded(client.list_conversation_executions("gone"))
         .await
@@ -782,14 +766,13 @@ async fn not_found_is_a_client_error_with_the_body_message() {
 #[tokio::test]
 async fn truncated_json_is_a_decode_error_and_not_retried() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows/wf-1/executions"))
-        .respond_with(
-            ResponseTemplate::new(200)
-                .set_body_raw(r#"{"data":[{"id":"e1","status":"runn"#, "application/json"),
-        )
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows/wf-1/executions",
+        ResponseTemplate::new(200)
+            .set_body_raw(r#"{"data":[{"id":"e1","status":"runn"#, "application/json"),
+    )
+    .await;
     let client = client(&server);
     let err = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default()))
         .await
@@ -806,31 +789,33 @@ async fn truncated_json_is_a_decode_error_and_not_retried() {
 async fn well_formed_json_of_the_wrong_shape_is_a_decode_error() {
     let server = MockServer::start().await;
     // An object where the list belongs.
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(ok(json!({"data": {"id": "wf-1"}})))
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows",
+        ok(json!({"data": {"id": "wf-1"}})),
+    )
+    .await;
     // A bare array without the `data` envelope.
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows/wf-1/executions"))
-        .respond_with(ok(json!([exec_row("e1")])))
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows/wf-1/executions",
+        ok(json!([exec_row("e1")])),
+    )
+    .await;
     // A row without its id.
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/whatsapp/conversations"))
-        .respond_with(ok(
-            json!({"data": [{"last_active_at": "2026-05-15T12:00:00Z"}]}),
-        ))
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations",
+        ok(json!({"data": [{"last_active_at": "2026-05-15T12:00:00Z"}]})),
+    )
+    .await;
     // The detail endpoint answering with a list.
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflow_executions/e1"))
-        .respond_with(ok(json!({"data": [exec_row("e1")]})))
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflow_executions/e1",
+        ok(json!({"data": [exec_row("e1")]})),
+    )
+    .await;
     let client = client(&server);
 
     let errors = [
@@ -856,11 +841,12 @@ async fn well_formed_json_of_the_wrong_shape_is_a_decode_error() {
 #[tokio::test]
 async fn a_slow_response_times_out_is_retried_and_finally_reported() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(ok(json!({"data": []})).set_delay(Duration::from_secs(3)))
-        .mount(&server)
-        .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows",
+        ok(json!({"data": []})).set_delay(Duration::from_secs(3)),
+    )
+    .await;
     let client = client_with(
         base_url(&server),
         1000,
@@ -895,11 +881,7 @@ async fn a_timeout_followed_by_a_quick_answer_succeeds() {
             body
         }
     });
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflow_executions/e1"))
-        .respond_with(responder)
-        .mount(&server)
-        .await;
+    mount_get(&server, "/platform/v1/workflow_executions/e1", responder).await;
     let client = client_with(
         base_url(&server),
         1000,
@@ -929,25 +911,16 @@ async fn stats_count_requests_by_endpoint_and_code_and_keep_the_remaining_budget
         1 => ResponseTemplate::new(500),
         _ => ok(page(&[exec_row("e1")], None)).insert_header("X-RateLimit-Remaining", "42"),
     });
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows/wf-1/executions"))
-        .respond_with(responder)
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflow_executions/gone"))
-        .respond_with(
-            ResponseTemplate::new(404)
-                .insert_header("X-RateLimit-Remaining", "41")
-                .set_body_json(json!({"error": "Not found"})),
-        )
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(ok(json!({"data": []})))
-        .mount(&server)
-        .await;
+    mount_get(&server, "/platform/v1/workflows/wf-1/executions", responder).await;
+    mount_get(
+        &server,
+        "/platform/v1/workflow_executions/gone",
+        ResponseTemplate::new(404)
+            .insert_header("X-RateLimit-Remaining", "41")
+            .set_body_json(json!({"error": "Not found"})),
+    )
+    .await;
+    mount_get(&server, "/platform/v1/workflows", ok(json!({"data": []}))).await;
     let client = client(&server);
     let stats = client.stats();
     assert_eq!(stats.rate_limit_remaining(), None);
@@ -1015,11 +988,10 @@ async fn transport_failures_are_counted_as_error() {
 #[tokio::test]
 async fn rows_are_decoded_tolerantly() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path(
-            "/platform/v1/whatsapp/conversations/c-1/flow_executions",
-        ))
-        .respond_with(ok(json!({
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations/c-1/flow_executions",
+        ok(json!({
             "data": [
                 {
                     // The endpoint's own example: non-UUID workflow id, step without `id`.
@@ -1044,12 +1016,13 @@ async fn rows_are_decoded_tolerantly() {
                 }
             ],
             "paging": {"cursors": {"before": null, "after": null}, "next": null, "previous": null}
-        })))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(ok(json!({"data": [
+        })),
+    )
+    .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows",
+        ok(json!({"data": [
             {"id": "flow_789"},
             {
                 "id": "3f0b8c1e-0000-4000-8000-000000000001",
@@ -1061,21 +1034,22 @@ async fn rows_are_decoded_tolerantly() {
                 "created_at": "2026-01-01T00:00:00.000000Z",
                 "inbound_message_read_mode": "read_only"
             }
-        ]})))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflow_executions/e4"))
-        .respond_with(ok(json!({"data": {
+        ]})),
+    )
+    .await;
+    mount_get(
+        &server,
+        "/platform/v1/workflow_executions/e4",
+        ok(json!({"data": {
             "id": "e4",
             "status": "failed",
             "started_at": "2026-05-15T12:00:00Z",
             "error_details": {"message": "boom"},
             "execution_context": {"vars": {}, "system": {"trigger_type": "api_call"}},
             "events": [{"id": "ev1", "event_type": "execution_failed", "payload": {}}]
-        }})))
-        .mount(&server)
-        .await;
+        }})),
+    )
+    .await;
     let client = client(&server);
 
     let rows = bounded(client.list_conversation_executions("c-1"))
@@ -1132,16 +1106,13 @@ async fn rows_are_decoded_tolerantly() {
 #[tokio::test]
 async fn the_limiter_holds_the_request_beyond_the_per_minute_budget() {
     let server = MockServer::start().await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflows"))
-        .respond_with(ok(json!({"data": []})))
-        .mount(&server)
-        .await;
-    Mock::given(method("GET"))
-        .and(path("/platform/v1/workflow_executions/e1"))
-        .respond_with(ok(json!({"data": exec_row("e1")})))
-        .mount(&server)
-        .await;
+    mount_get(&server, "/platform/v1/workflows", ok(json!({"data": []}))).await;
+    mount_get(
+        &server,
+        "/platform/v1/workflow_executions/e1",
+        ok(json!({"data": exec_row("e1")})),
+    )
+    .await;
     let client = client_with(base_url(&server), 3, Duration::from_secs(5), fast_retry(3));
     let started = Instant::now();
     bounded(client.list_workflows()).await.unwrap();
