@@ -38,9 +38,15 @@ pub(crate) fn derived_uuid(base: u128, salt: u64) -> u128 {
     (raw & !(0xF << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62)
 }
 
-/// Parses a canonical 8-4-4-4-12 UUID (either case); `None` for anything else.
+/// Parses a canonical 8-4-4-4-12 UUID (either case), or the same 32 hex digits without dashes
+/// (the form the `non_uuid_ids` drift fault writes); `None` for anything else.
 pub(crate) fn parse_uuid(s: &str) -> Option<u128> {
     let bytes = s.as_bytes();
+    if bytes.len() == 32 {
+        return u128::from_str_radix(s, 16)
+            .ok()
+            .filter(|_| bytes.iter().all(u8::is_ascii_hexdigit));
+    }
     if bytes.len() != 36 {
         return None;
     }
@@ -205,6 +211,12 @@ mod tests {
             assert_eq!(parse_uuid(&s), Some(id));
         }
         assert_eq!(parse_uuid("not-a-uuid"), None);
+        let dashless = Uid(new_uuid(&mut rng)).to_string().replace('-', "");
+        assert_eq!(
+            parse_uuid(&dashless).map(|i| Uid(i).to_string().replace('-', "")),
+            Some(dashless)
+        );
+        assert_eq!(parse_uuid("+0000000000000000000000000000000"), None);
         assert_eq!(parse_uuid("550e8400-e29b-41d4-a716-44665544000g"), None);
     }
 
