@@ -262,6 +262,32 @@ mod tests {
         assert_eq!(decode_cursor(CursorColumn::CreatedAt, conv), None);
     }
 
+    proptest::proptest! {
+        /// Every keyset position from year 1 to 9999 survives a cursor, in both columns.
+        #[test]
+        fn cursors_round_trip(
+            ts in -62_135_596_800_000_000i64..253_402_300_799_999_999,
+            id in proptest::prelude::any::<u128>(),
+        ) {
+            for column in [CursorColumn::CreatedAt, CursorColumn::LastActiveAt] {
+                let cursor = encode_cursor(column, (ts, id));
+                proptest::prop_assert_eq!(decode_cursor(column, &cursor), Some((ts, id)));
+            }
+        }
+
+        /// Whatever a client sends as a cursor, decoding answers (mostly `None`), never panics.
+        #[test]
+        fn arbitrary_cursors_never_panic(
+            raw in "\\PC{0,80}",
+            values in proptest::collection::vec("\\PC{0,30}", 0..4),
+            columns in proptest::collection::vec("created_at|id|last_active_at|\\PC{0,8}", 0..4),
+        ) {
+            let _ = decode_cursor(CursorColumn::CreatedAt, &raw);
+            let json = serde_json::json!({ "values": values, "columns": columns }).to_string();
+            let _ = decode_cursor(CursorColumn::CreatedAt, &STANDARD.encode(json));
+        }
+    }
+
     #[test]
     fn garbage_cursors_are_rejected() {
         for bad in ["", "%%%", "bm90IGpzb24=", "e30=", "W10="] {
