@@ -277,7 +277,8 @@ pub struct RequestStats {
     /// 429 responses sent.
     pub rate_limited: u64,
     /// Authenticated requests that arrived while a `Retry-After` this simulator gave the same
-    /// key was still running (a client that honours 429s keeps this at 0).
+    /// key was still running (a client that honours 429s keeps this at 0, except for requests
+    /// it had already sent when the 429 left).
     pub during_pause: u64,
     /// Padding bytes (the huge-page fault) handed to the server connections so far.
     pub padding_bytes_sent: u64,
