@@ -127,6 +127,9 @@ pub struct Client {
     http: reqwest::Client,
     base: Url,
     key: ApiKey,
+    /// The key as a header value marked sensitive: hyper and `http` print it as `Sensitive`
+    /// in `Debug` (so trace logs of requests cannot show it) and HTTP/2 never indexes it.
+    key_header: reqwest::header::HeaderValue,
     limiter: RateLimiter,
     retry: RetryPolicy,
     stats: std::sync::Arc<ApiStats>,
@@ -158,10 +161,19 @@ impl Client {
                 endpoint: "client",
                 message: e.to_string(),
             })?;
+        let mut key_header =
+            reqwest::header::HeaderValue::from_str(key.expose()).map_err(|_| {
+                ApiError::Transport {
+                    endpoint: "client",
+                    message: "the API key is not a valid HTTP header value".to_owned(),
+                }
+            })?;
+        key_header.set_sensitive(true);
         Ok(Self {
             http,
             base,
             key,
+            key_header,
             limiter: RateLimiter::new(requests_per_minute),
             retry,
             stats: Default::default(),
@@ -306,7 +318,7 @@ impl Client {
             let sent = self
                 .http
                 .get(url.clone())
-                .header("X-API-Key", self.key.expose())
+                .header("X-API-Key", self.key_header.clone())
                 .header("Accept", "application/json")
                 .query(query)
                 .send()
@@ -477,6 +489,29 @@ mod tests {
     fn api_key_is_redacted_in_debug() {
         let key = ApiKey::new("sk-live-secret");
         assert!(!format!("{key:?}").contains("secret"));
+    }
+
+    #[test]
+    fn the_key_header_is_sensitive() {
+        let client = Client::new(
+            Url::parse("https://api.kapso.ai/platform/v1").expect("url"),
+            ApiKey::new("sk-live-secret"),
+            80,
+            Duration::from_secs(5),
+            RetryPolicy::default(),
+        )
+        .expect("client");
+        assert!(client.key_header.is_sensitive());
+        assert!(!format!("{client:?}").contains("secret"));
+        let bad = Client::new(
+            Url::parse("https://api.kapso.ai/platform/v1").expect("url"),
+            ApiKey::new("sk-live-secret\n"),
+            80,
+            Duration::from_secs(5),
+            RetryPolicy::default(),
+        )
+        .expect_err("a newline cannot be sent in a header");
+        assert!(!bad.to_string().contains("secret"), "{bad}");
     }
 
     #[test]

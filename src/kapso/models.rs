@@ -59,9 +59,13 @@ impl ExecutionStatus {
 }
 
 impl<'de> Deserialize<'de> for ExecutionStatus {
+    /// Any value that is not a known status string is `Unknown`: a status of the wrong type
+    /// (a number, an object) must not fail the whole page.
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = Option::<String>::deserialize(d)?;
-        Ok(s.as_deref().map_or(Self::Unknown, Self::parse))
+        Ok(match serde_json::Value::deserialize(d)? {
+            serde_json::Value::String(s) => Self::parse(&s),
+            _ => Self::Unknown,
+        })
     }
 }
 
@@ -250,6 +254,9 @@ mod tests {
         assert_eq!(row.started_at, None);
         assert_eq!(row.workflow, None);
         let row: Execution = serde_json::from_str(r#"{"id":"a","status":null}"#).expect("decodes");
+        assert_eq!(row.status, ExecutionStatus::Unknown);
+        let row: Execution =
+            serde_json::from_str(r#"{"id":"a","status":{"code":3}}"#).expect("decodes");
         assert_eq!(row.status, ExecutionStatus::Unknown);
         assert!(serde_json::from_str::<Execution>(r#"{"status":"running"}"#).is_err());
     }

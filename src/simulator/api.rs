@@ -13,13 +13,16 @@ use std::ops::Bound::{Included, Unbounded};
 use std::sync::Arc;
 
 use axum::Router;
-use axum::body::{Body, to_bytes};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::body::{Body, Bytes, to_bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, Request, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt;
 use rand::Rng;
 use rand::rngs::StdRng;
 use serde::Serialize;
@@ -32,7 +35,7 @@ use super::codec::{
 use super::paging::{Page, PageRequest, page};
 use super::traffic::{Admission, endpoint_of};
 use super::world::{Execution, Step, Workflow, World};
-use super::{ExecStatus, Shared, chance, lock};
+use super::{Drift, ExecStatus, Shared, chance, lock};
 
 /// Statuses a row shows under the `unknown_status_rate` fault: values no spec lists.
 const UNKNOWN_STATUSES: [&str; 3] = ["paused_by_admin", "queued", "cancelling"];
@@ -146,7 +149,14 @@ async fn admit_and_run(sh: &Shared, req: Request, next: Next) -> Response {
         return ApiError::new(StatusCode::UNAUTHORIZED, "Invalid or missing API key")
             .into_response();
     }
-    let admission = lock(&sh.traffic).admit(&expected, Instant::now(), sh.rate_limit);
+    let throttle = lock(&sh.faults).throttle_secs;
+    let admission = {
+        let mut traffic = lock(&sh.traffic);
+        match throttle {
+            Some(secs) => traffic.throttle(&expected, Instant::now(), sh.rate_limit, secs),
+            None => traffic.admit(&expected, Instant::now(), sh.rate_limit),
+        }
+    };
     let (mut response, limit, remaining) = match admission {
         Admission::Limited {
             limit,
@@ -164,12 +174,14 @@ async fn admit_and_run(sh: &Shared, req: Request, next: Next) -> Response {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
-            (response, Some(limit), 0)
+            // A storm (the throttle fault) comes from in front of the limiter, without
+            // `X-RateLimit-*` headers: only `Retry-After` says when to come back.
+            (response, throttle.is_none().then_some(limit), 0)
         }
         Admission::Accepted { limit, remaining } => {
             let response = match sh.server_fault() {
                 Some(status) => ApiError::new(status, "Internal server error").into_response(),
-                None => malform(sh, next.run(req).await).await,
+                None => distort(sh, next.run(req).await).await,
             };
             (response, limit, remaining)
         }
@@ -182,29 +194,174 @@ async fn admit_and_run(sh: &Shared, req: Request, next: Next) -> Response {
     response
 }
 
-/// Under the `malformed_rate` fault, a 200 keeps its status but loses half its body or
-/// becomes an unterminated `{"data": [`.
-async fn malform(sh: &Shared, response: Response) -> Response {
+/// The faults that change a 200's body, in order: schema drift, malformed JSON, then how the
+/// bytes travel (a huge padded page, a truncated transfer or a stalled one).
+async fn distort(sh: &Shared, response: Response) -> Response {
     if response.status() != StatusCode::OK {
         return response;
     }
-    let rate = lock(&sh.faults).malformed_rate;
-    let variant = {
+    let faults = lock(&sh.faults).clone();
+    let (malformed, half, truncated) = {
         let mut rng = lock(&sh.fault_rng);
-        if !chance(&mut rng, rate) {
-            return response;
-        }
-        rng.random_bool(0.5)
+        let malformed = chance(&mut rng, faults.malformed_rate);
+        let half = malformed && rng.random_bool(0.5);
+        (malformed, half, chance(&mut rng, faults.truncated_rate))
     };
+    let drifting = faults.drift != Drift::default();
+    if !drifting
+        && !malformed
+        && !truncated
+        && faults.body_stall.is_zero()
+        && faults.padding_bytes == 0
+    {
+        return response;
+    }
     let (mut parts, body) = response.into_parts();
-    let bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
-    let broken = if variant && bytes.len() > 1 {
-        bytes.slice(..bytes.len() / 2)
-    } else {
-        axum::body::Bytes::from_static(b"{\"data\": [")
-    };
+    let mut bytes = to_bytes(body, usize::MAX).await.unwrap_or_default();
+    if drifting {
+        if let Ok(mut value) = serde_json::from_slice::<Value>(&bytes) {
+            drift(&mut value, faults.drift);
+            bytes = serde_json::to_vec(&value).map_or(bytes, Bytes::from);
+        }
+    }
+    if malformed {
+        // Half the body, or an unterminated `{"data": [`.
+        bytes = if half && bytes.len() > 1 {
+            bytes.slice(..bytes.len() / 2)
+        } else {
+            Bytes::from_static(b"{\"data\": [")
+        };
+    }
     parts.headers.remove(header::CONTENT_LENGTH);
-    Response::from_parts(parts, Body::from(broken))
+    let body = if faults.padding_bytes > 0 {
+        padded(bytes, faults.padding_bytes, sh.padding_sent.clone())
+    } else if truncated {
+        // The full length is announced, half is sent, then the connection is reset.
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+        let head = bytes.slice(..bytes.len() / 2);
+        Body::from_stream(futures::stream::iter([
+            Ok(head),
+            Err(std::io::Error::other(
+                "connection cut by the truncated_rate fault",
+            )),
+        ]))
+    } else if !faults.body_stall.is_zero() {
+        let head = bytes.slice(..bytes.len() / 2);
+        let tail = bytes.slice(bytes.len() / 2..);
+        let stall = faults.body_stall;
+        let first = futures::stream::iter([Ok::<_, std::io::Error>(head)]);
+        Body::from_stream(first.chain(futures::stream::once(async move {
+            tokio::time::sleep(stall).await;
+            Ok(tail)
+        })))
+    } else {
+        Body::from(bytes)
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Schema drift of one body (see [`Drift`]).
+fn drift(body: &mut Value, d: Drift) {
+    if d.non_uuid_ids {
+        dashless_ids(body);
+    }
+    let Value::Object(envelope) = body else {
+        return;
+    };
+    if d.extra_fields {
+        envelope.insert("request_id".into(), json!("req_9f1c2e"));
+        if let Some(Value::Object(paging)) = envelope.get_mut("paging") {
+            paging.insert("total_estimate".into(), json!(12345));
+        }
+    }
+    match envelope.get_mut("data") {
+        Some(Value::Array(rows)) => rows.iter_mut().for_each(|row| drift_object(row, d, true)),
+        Some(row) => drift_object(row, d, true),
+        None => {}
+    }
+}
+
+fn drift_object(value: &mut Value, d: Drift, top: bool) {
+    let Value::Object(obj) = value else {
+        return;
+    };
+    if d.missing_ids && top {
+        obj.remove("id");
+    }
+    if d.null_fields || d.missing_fields {
+        let kept = |k: &str| k == "id" || (top && matches!(k, "status" | "workflow"));
+        let other: Vec<String> = obj.keys().filter(|k| !kept(k)).cloned().collect();
+        for k in other {
+            if d.missing_fields {
+                obj.remove(&k);
+            } else {
+                obj.insert(k, Value::Null);
+            }
+        }
+    }
+    if d.extra_fields {
+        obj.insert(
+            "added_later".into(),
+            json!({ "nested": [1, "two", null], "flag": true }),
+        );
+    }
+    if top {
+        if let Some(workflow) = obj.get_mut("workflow") {
+            drift_object(
+                workflow,
+                Drift {
+                    missing_ids: false,
+                    ..d
+                },
+                false,
+            );
+        }
+    }
+}
+
+/// Rewrites every canonical UUID string as 32 hex digits without dashes.
+fn dashless_ids(value: &mut Value) {
+    match value {
+        Value::String(s) if s.len() == 36 && parse_uuid(s).is_some() => {
+            *s = s.replace('-', "");
+        }
+        Value::Array(items) => items.iter_mut().for_each(dashless_ids),
+        Value::Object(map) => map.values_mut().for_each(dashless_ids),
+        _ => {}
+    }
+}
+
+/// `{"padding":"aaa…",` + the rest of `body`, streamed in 64 KiB chunks; `sent` counts the
+/// padding bytes the connection has taken.
+fn padded(body: Bytes, padding: u64, sent: Arc<AtomicU64>) -> Body {
+    const CHUNK: usize = 64 * 1024;
+    static FILL: [u8; CHUNK] = [b'a'; CHUNK];
+    let rest = if body.first() == Some(&b'{') && body.len() > 2 {
+        let mut rest = b"\",".to_vec();
+        rest.extend_from_slice(&body[1..]);
+        Bytes::from(rest)
+    } else {
+        // Not an object: the padding becomes a field of a wrapper the client cannot use.
+        Bytes::from_static(b"\"}")
+    };
+    let head = futures::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(
+        b"{\"padding\":\"",
+    ))]);
+    let fill = futures::stream::unfold(padding, move |left| {
+        let sent = sent.clone();
+        async move {
+            if left == 0 {
+                return None;
+            }
+            let n = usize::try_from(left).map_or(CHUNK, |l| l.min(CHUNK));
+            sent.fetch_add(n as u64, Ordering::Relaxed);
+            Some((Ok(Bytes::from_static(&FILL[..n])), left - n as u64))
+        }
+    });
+    let tail = futures::stream::iter([Ok(rest)]);
+    Body::from_stream(head.chain(fill).chain(tail))
 }
 
 // ----- query parameters ----------------------------------------------------------------

@@ -38,9 +38,15 @@ pub(crate) fn derived_uuid(base: u128, salt: u64) -> u128 {
     (raw & !(0xF << 76) & !(0x3 << 62)) | (0x4 << 76) | (0x2 << 62)
 }
 
-/// Parses a canonical 8-4-4-4-12 UUID (either case); `None` for anything else.
+/// Parses a canonical 8-4-4-4-12 UUID (either case), or the same 32 hex digits without dashes
+/// (the form the `non_uuid_ids` drift fault writes); `None` for anything else.
 pub(crate) fn parse_uuid(s: &str) -> Option<u128> {
     let bytes = s.as_bytes();
+    if bytes.len() == 32 {
+        return u128::from_str_radix(s, 16)
+            .ok()
+            .filter(|_| bytes.iter().all(u8::is_ascii_hexdigit));
+    }
     if bytes.len() != 36 {
         return None;
     }
@@ -205,6 +211,12 @@ mod tests {
             assert_eq!(parse_uuid(&s), Some(id));
         }
         assert_eq!(parse_uuid("not-a-uuid"), None);
+        let dashless = Uid(new_uuid(&mut rng)).to_string().replace('-', "");
+        assert_eq!(
+            parse_uuid(&dashless).map(|i| Uid(i).to_string().replace('-', "")),
+            Some(dashless)
+        );
+        assert_eq!(parse_uuid("+0000000000000000000000000000000"), None);
         assert_eq!(parse_uuid("550e8400-e29b-41d4-a716-44665544000g"), None);
     }
 
@@ -248,6 +260,32 @@ mod tests {
         let key = decode_cursor(CursorColumn::LastActiveAt, conv).expect("decodes");
         assert_eq!(encode_cursor(CursorColumn::LastActiveAt, key), conv);
         assert_eq!(decode_cursor(CursorColumn::CreatedAt, conv), None);
+    }
+
+    proptest::proptest! {
+        /// Every keyset position from year 1 to 9999 survives a cursor, in both columns.
+        #[test]
+        fn cursors_round_trip(
+            ts in -62_135_596_800_000_000i64..253_402_300_799_999_999,
+            id in proptest::prelude::any::<u128>(),
+        ) {
+            for column in [CursorColumn::CreatedAt, CursorColumn::LastActiveAt] {
+                let cursor = encode_cursor(column, (ts, id));
+                proptest::prop_assert_eq!(decode_cursor(column, &cursor), Some((ts, id)));
+            }
+        }
+
+        /// Whatever a client sends as a cursor, decoding answers (mostly `None`), never panics.
+        #[test]
+        fn arbitrary_cursors_never_panic(
+            raw in "\\PC{0,80}",
+            values in proptest::collection::vec("\\PC{0,30}", 0..4),
+            columns in proptest::collection::vec("created_at|id|last_active_at|\\PC{0,8}", 0..4),
+        ) {
+            let _ = decode_cursor(CursorColumn::CreatedAt, &raw);
+            let json = serde_json::json!({ "values": values, "columns": columns }).to_string();
+            let _ = decode_cursor(CursorColumn::CreatedAt, &STANDARD.encode(json));
+        }
     }
 
     #[test]

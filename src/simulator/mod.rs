@@ -179,6 +179,37 @@ pub struct Faults {
     pub looping_cursor: bool,
     /// Probability that an execution row shows a status outside the spec's enum.
     pub unknown_status_rate: f64,
+    /// A slow body: a 200's headers and first half go out at once, the rest after this pause.
+    pub body_stall: Duration,
+    /// Probability that a 200 announces its full `Content-Length` but the connection closes
+    /// after half the body (a truncated transfer, not just bad JSON).
+    pub truncated_rate: f64,
+    /// Changes to the shape of every 200 body (schema drift).
+    pub drift: Drift,
+    /// A 429 storm: while set, every authenticated request is refused with 429 and
+    /// `Retry-After` of this many seconds, whatever the rate limit says (a gateway shedding
+    /// load in front of the API); these 429s carry no `X-RateLimit-*` headers.
+    pub throttle_secs: Option<u64>,
+    /// A huge page: every 200 body carries an extra string field of this many bytes, streamed
+    /// without the simulator holding it in memory.
+    pub padding_bytes: u64,
+}
+
+/// Schema drift of 200 bodies; each applies to every object in `data` (and nested
+/// `workflow` objects of execution rows).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Drift {
+    /// Fields no spec lists, on every object, on the envelope and in `paging`.
+    pub extra_fields: bool,
+    /// Every field but `id`, `status` and `workflow.id` is `null`.
+    pub null_fields: bool,
+    /// Every field but `id`, `status` and `workflow.id` is left out.
+    pub missing_fields: bool,
+    /// Rows without `id` (a required field).
+    pub missing_ids: bool,
+    /// Every UUID is written as 32 hex digits without dashes (the simulator accepts that
+    /// form back in paths and filters).
+    pub non_uuid_ids: bool,
 }
 
 /// A workflow as ground truth lists it.
@@ -245,6 +276,12 @@ pub struct RequestStats {
     pub max_in_window: u64,
     /// 429 responses sent.
     pub rate_limited: u64,
+    /// Authenticated requests that arrived while a `Retry-After` this simulator gave the same
+    /// key was still running (a client that honours 429s keeps this at 0, except for requests
+    /// it had already sent when the 429 left).
+    pub during_pause: u64,
+    /// Padding bytes (the huge-page fault) handed to the server connections so far.
+    pub padding_bytes_sent: u64,
 }
 
 impl RequestStats {
@@ -274,6 +311,7 @@ pub(crate) struct Shared {
     faults: Mutex<Faults>,
     fault_rng: Mutex<StdRng>,
     fault_seq: AtomicU64,
+    padding_sent: Arc<AtomicU64>,
     api_key: Mutex<String>,
     traffic: Mutex<Traffic>,
     rate_limit: Option<u32>,
@@ -353,6 +391,7 @@ impl Simulator {
                 faults: Mutex::new(Faults::default()),
                 fault_rng: Mutex::new(StdRng::seed_from_u64(config.seed ^ 0x5EED_FA17)),
                 fault_seq: AtomicU64::new(0),
+                padding_sent: Arc::default(),
                 api_key: Mutex::new(config.api_key.clone()),
                 traffic: Mutex::new(Traffic::default()),
                 rate_limit: config.rate_limit_per_minute,
@@ -369,7 +408,13 @@ impl Simulator {
     /// Serves the API on `127.0.0.1` with an ephemeral port until the returned handle is
     /// shut down or dropped.
     pub async fn spawn(&self) -> std::io::Result<RunningSimulator> {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        self.spawn_at(SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Serves the API on `addr`, for example the address of a simulator that was shut down
+    /// (the API-unreachable fault and its recovery).
+    pub async fn spawn_at(&self, addr: SocketAddr) -> std::io::Result<RunningSimulator> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let base_url = url::Url::parse(&format!("http://{addr}/platform/v1"))
             .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -516,7 +561,9 @@ impl Simulator {
 
     /// Request statistics since the simulator was created.
     pub fn stats(&self) -> RequestStats {
-        lock(&self.shared.traffic).stats()
+        let mut stats = lock(&self.shared.traffic).stats();
+        stats.padding_bytes_sent = self.shared.padding_sent.load(Ordering::Relaxed);
+        stats
     }
 
     /// The clock data timestamps come from.

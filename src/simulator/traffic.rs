@@ -24,6 +24,8 @@ pub(crate) enum Admission {
 #[derive(Debug, Default)]
 pub(crate) struct Traffic {
     windows: HashMap<String, VecDeque<Instant>>,
+    /// Per key, until when the last `Retry-After` holds.
+    paused: HashMap<String, Instant>,
     stats: RequestStats,
 }
 
@@ -31,6 +33,7 @@ impl Traffic {
     /// Admits or refuses a request by `key` at `now` under `limit` requests per 60 s.
     /// Accepted requests are remembered (also when unlimited, for `max_in_window`).
     pub fn admit(&mut self, key: &str, now: Instant, limit: Option<u32>) -> Admission {
+        self.arrive(key, now);
         let window = match self.windows.get_mut(key) {
             Some(w) => w,
             None => self.windows.entry(key.to_owned()).or_default(),
@@ -48,11 +51,7 @@ impl Traffic {
                     WINDOW.saturating_sub(now.saturating_duration_since(oldest))
                 });
                 let retry_after_secs = wait.as_millis().div_ceil(1000).max(1) as u64;
-                self.stats.rate_limited += 1;
-                return Admission::Limited {
-                    limit,
-                    retry_after_secs,
-                };
+                return self.refuse(key, now, limit, retry_after_secs);
             }
         }
         window.push_back(now);
@@ -60,6 +59,36 @@ impl Traffic {
         self.stats.max_in_window = self.stats.max_in_window.max(used);
         let remaining = limit.map_or(0, |l| l.saturating_sub(used as u32));
         Admission::Accepted { limit, remaining }
+    }
+
+    /// Refuses a request by `key` at `now` whatever the budget says (the 429-storm fault).
+    pub fn throttle(
+        &mut self,
+        key: &str,
+        now: Instant,
+        limit: Option<u32>,
+        retry_after_secs: u64,
+    ) -> Admission {
+        self.arrive(key, now);
+        self.refuse(key, now, limit.unwrap_or(0), retry_after_secs)
+    }
+
+    /// Counts a request that arrives while a `Retry-After` given to its key still runs.
+    fn arrive(&mut self, key: &str, now: Instant) {
+        if self.paused.get(key).is_some_and(|&until| now < until) {
+            self.stats.during_pause += 1;
+        }
+    }
+
+    fn refuse(&mut self, key: &str, now: Instant, limit: u32, retry_after_secs: u64) -> Admission {
+        self.stats.rate_limited += 1;
+        let until = now + Duration::from_secs(retry_after_secs);
+        let paused = self.paused.entry(key.to_owned()).or_insert(until);
+        *paused = (*paused).max(until);
+        Admission::Limited {
+            limit,
+            retry_after_secs,
+        }
     }
 
     /// Counts one response.
@@ -157,6 +186,29 @@ mod tests {
         let stats = t.stats();
         assert_eq!(stats.rate_limited, 1);
         assert_eq!(stats.max_in_window, 5);
+        assert_eq!(stats.during_pause, 0);
+    }
+
+    #[test]
+    fn requests_inside_a_retry_after_are_counted() {
+        let mut t = Traffic::default();
+        let start = Instant::now();
+        assert!(matches!(
+            t.throttle("k", start, None, 2),
+            Admission::Limited {
+                retry_after_secs: 2,
+                ..
+            }
+        ));
+        // Another key is not paused; the same key one second later is.
+        t.admit("other", start + Duration::from_secs(1), None);
+        assert_eq!(t.stats().during_pause, 0);
+        t.admit("k", start + Duration::from_secs(1), None);
+        assert_eq!(t.stats().during_pause, 1);
+        // At the end of the pause, requests are welcome again.
+        t.admit("k", start + Duration::from_secs(2), None);
+        let stats = t.stats();
+        assert_eq!((stats.during_pause, stats.rate_limited), (1, 1));
     }
 
     #[test]
