@@ -295,3 +295,35 @@ impl<I> WriteDeadline<I> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn writes_fail_once_the_peer_stops_reading() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let mut io = WriteDeadline::new(near, Duration::from_secs(30));
+        let started = tokio::time::Instant::now();
+        let e = io
+            .write_all(&[b'x'; 1024])
+            .await
+            .expect_err("the peer never reads");
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert_eq!(started.elapsed(), Duration::from_secs(30));
+
+        // A peer that keeps reading, however slowly, is never cut off.
+        let mut io = WriteDeadline::new(io.inner, Duration::from_secs(30));
+        let mut sink = vec![0u8; 64];
+        let reader = tokio::spawn(async move {
+            let mut total = 0;
+            while total < 64 + 1024 {
+                tokio::time::sleep(Duration::from_secs(20)).await;
+                total += far.read(&mut sink).await.expect("read");
+            }
+        });
+        io.write_all(&[b'y'; 1024]).await.expect("progressing peer");
+        drop(io);
+        reader.await.expect("reader");
+    }
+}
