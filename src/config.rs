@@ -832,6 +832,36 @@ mod tests {
     }
 
     #[test]
+    fn web_settings_come_from_the_file_relative_to_it() {
+        let dir = std::env::temp_dir().join(format!("kx-conf-web-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(
+            dir.join("web.yml"),
+            "rate_limit:\n  interval: 1s\n  burst: 3\n",
+        )
+        .expect("write");
+        let path = dir.join("config.yml");
+        std::fs::write(
+            &path,
+            "web:\n  config_file: web.yml\n  max_connections: 5\n",
+        )
+        .expect("write");
+        let path = path.to_str().expect("utf-8");
+        let config = Config::load(&cli(&["--config.file", path]), &env_with_key).expect("valid");
+        assert_eq!(config.web_limits.max_connections, 5);
+        assert_eq!(config.web.rate_limit.map(|r| r.burst), Some(3));
+        let config = Config::load(
+            &cli(&["--config.file", path, "--web.max-connections", "7"]),
+            &env_with_key,
+        )
+        .expect("valid");
+        assert_eq!(config.web_limits.max_connections, 7);
+        let config = Config::load(&cli(&[]), &env_with_key).expect("valid");
+        assert_eq!(config.web_limits, WebLimits::default());
+        assert!(config.web.tls.is_none() && config.web.users.is_empty());
+    }
+
+    #[test]
     fn demo_needs_no_key() {
         let config = Config::load(&cli(&["--demo"]), &no_env).expect("valid");
         assert!(config.demo);

@@ -354,9 +354,15 @@ fn tls_config(t: FileTls, base: &Path) -> Result<Option<Arc<ServerConfig>>, Stri
                 .to_owned(),
         );
     }
-    if t.client_allowed_sans.is_some() {
+    let allowed_sans = t.client_allowed_sans.clone().unwrap_or_default();
+    if t.client_allowed_sans.is_some()
+        && !matches!(
+            client_auth,
+            ClientAuth::RequireAny | ClientAuth::RequireAndVerify
+        )
+    {
         return Err(
-            "tls_server_config.client_allowed_sans is not supported by kapso-exporter; restrict clients through the client CA instead"
+            "tls_server_config.client_allowed_sans needs client_auth_type RequireAnyClientCert or RequireAndVerifyClientCert"
                 .to_owned(),
         );
     }
@@ -372,14 +378,12 @@ fn tls_config(t: FileTls, base: &Path) -> Result<Option<Arc<ServerConfig>>, Stri
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&versions)
         .map_err(|e| format!("tls_server_config: {e}"))?;
-    let builder = match client_auth {
-        ClientAuth::None => builder.with_no_client_auth(),
-        ClientAuth::Request | ClientAuth::RequireAny => {
-            builder.with_client_cert_verifier(Arc::new(AnyClientCert {
-                mandatory: client_auth == ClientAuth::RequireAny,
-                algorithms: provider.signature_verification_algorithms,
-            }))
-        }
+    let verifier: Option<Arc<dyn ClientCertVerifier>> = match client_auth {
+        ClientAuth::None => None,
+        ClientAuth::Request | ClientAuth::RequireAny => Some(Arc::new(AnyClientCert {
+            mandatory: client_auth == ClientAuth::RequireAny,
+            algorithms: provider.signature_verification_algorithms,
+        })),
         ClientAuth::VerifyIfGiven | ClientAuth::RequireAndVerify => {
             let (pem, what) = client_ca.ok_or_else(|| {
                 format!(
@@ -400,12 +404,22 @@ fn tls_config(t: FileTls, base: &Path) -> Result<Option<Arc<ServerConfig>>, Stri
             } else {
                 verifier
             };
-            builder.with_client_cert_verifier(
+            Some(
                 verifier
                     .build()
                     .map_err(|e| format!("tls_server_config: {what}: {e}"))?,
             )
         }
+    };
+    let builder = match verifier {
+        None => builder.with_no_client_auth(),
+        Some(v) if t.client_allowed_sans.is_some() => {
+            builder.with_client_cert_verifier(Arc::new(AllowedSans {
+                inner: v,
+                allowed: allowed_sans,
+            }))
+        }
+        Some(v) => builder.with_client_cert_verifier(v),
     };
     let mut config = builder
         .with_single_cert(chain, private_key)
@@ -561,6 +575,101 @@ impl ClientCertVerifier for AnyClientCert {
     }
 }
 
+/// `client_allowed_sans`: after `inner` accepted the certificate, one of its subject
+/// alternative names (DNS, e-mail, IP or URI, as Go prints them) must be in `allowed`.
+#[derive(Debug)]
+struct AllowedSans {
+    inner: Arc<dyn ClientCertVerifier>,
+    allowed: Vec<String>,
+}
+
+/// The subject alternative names of a DER certificate, as strings.
+fn subject_alt_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                Some((*s).to_owned())
+            }
+            GeneralName::IPAddress(bytes) => match bytes.len() {
+                4 => <[u8; 4]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::Ipv4Addr::from(b).to_string()),
+                16 => <[u8; 16]>::try_from(*bytes)
+                    .ok()
+                    .map(|b| std::net::Ipv6Addr::from(b).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+impl ClientCertVerifier for AllowedSans {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let verified = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)?;
+        if subject_alt_names(end_entity)
+            .iter()
+            .any(|san| self.allowed.contains(san))
+        {
+            Ok(verified)
+        } else {
+            Err(rustls::Error::General(
+                "the client certificate has none of client_allowed_sans".to_owned(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -635,6 +744,23 @@ mod tests {
             assert!(e.contains(needle), "{text:?}: {e}");
             assert!(!e.contains('\n'), "{text:?}: not one line: {e}");
         }
+    }
+
+    #[test]
+    fn subject_alt_names_are_printed_as_go_prints_them() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let params = rcgen::CertificateParams::new(vec![
+            "prometheus.example".to_owned(),
+            "10.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ])
+        .expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        assert_eq!(
+            subject_alt_names(cert.der()),
+            ["prometheus.example", "10.0.0.1", "::1"]
+        );
+        assert!(subject_alt_names(b"not a certificate").is_empty());
     }
 
     #[test]

@@ -52,6 +52,8 @@ struct Pki {
     server_cert: String,
     server_key: String,
     client: String,
+    /// From the CA too, but with the SAN `grafana` instead of `prometheus`.
+    sibling: String,
     stranger: String,
 }
 
@@ -91,6 +93,8 @@ fn pki() -> Pki {
     );
     let (client_cert, client_key) =
         leaf(&root, &["prometheus"], ExtendedKeyUsagePurpose::ClientAuth);
+    let (sibling_cert, sibling_key) =
+        leaf(&root, &["grafana"], ExtendedKeyUsagePurpose::ClientAuth);
     let other = ca("someone else's CA");
     let (stranger_cert, stranger_key) =
         leaf(&other, &["intruder"], ExtendedKeyUsagePurpose::ClientAuth);
@@ -99,6 +103,7 @@ fn pki() -> Pki {
         server_cert,
         server_key,
         client: format!("{client_cert}{client_key}"),
+        sibling: format!("{sibling_cert}{sibling_key}"),
         stranger: format!("{stranger_cert}{stranger_key}"),
     }
 }
@@ -282,6 +287,29 @@ async fn client_certificates_are_required_and_verified() {
     );
     exporter.stop().await;
 
+    // client_allowed_sans narrows the CA's clients down to named ones.
+    let web = dir.write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [prometheus, 10.0.0.1]\n",
+    );
+    let exporter = start(&web).await;
+    let url = format!("https://127.0.0.1:{}/metrics", exporter.addr().port());
+    let r = client(&pki, Some(&pki.client))
+        .get(&url)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        client(&pki, Some(&pki.sibling))
+            .get(&url)
+            .send()
+            .await
+            .is_err(),
+        "served a client whose certificate has none of client_allowed_sans"
+    );
+    exporter.stop().await;
+
     // VerifyClientCertIfGiven: no certificate is fine, a foreign one is not.
     let web = dir.write(
         "web.yml",
@@ -444,7 +472,7 @@ fn bad_web_config_files_are_one_line_and_exit_64() {
         ),
         (
             "sans.yml",
-            format!("{tls}  client_auth_type: RequireAnyClientCert\n  client_allowed_sans: [a]\n"),
+            format!("{tls}  client_auth_type: RequestClientCert\n  client_allowed_sans: [a]\n"),
             "client_allowed_sans",
         ),
         (
