@@ -3,7 +3,8 @@
 //! authentication (`basic_auth_users`, bcrypt hashes) and a request rate limit (`rate_limit`).
 //!
 //! The file is read and checked once at startup: certificates and keys are parsed, their pair
-//! is matched, every password is a bcrypt hash. Relative paths are relative to the file's
+//! is matched, every password is a bcrypt hash. Only a renewed `cert_file`/`key_file` pair is
+//! picked up later, by the next handshakes (see [`ServerCert`]). Relative paths are relative to the file's
 //! directory, as in exporter-toolkit. A key the exporter cannot honour is an error naming it,
 //! never silently ignored; the few accepted without effect are documented in the README.
 
@@ -11,16 +12,17 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::http::{HeaderName, HeaderValue};
 use rustls::client::danger::HandshakeSignatureValid;
-use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
-use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{
     DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
     SupportedProtocolVersion,
@@ -331,9 +333,10 @@ fn tls_config(t: FileTls, base: &Path) -> Result<Option<Arc<ServerConfig>>, Stri
     let key = pem_source(set(&t.key), set(&t.key_file), "key", base)?
         .ok_or("tls_server_config: missing one of key or key_file")?;
     let client_ca = pem_source(set(&t.client_ca), set(&t.client_ca_file), "client_ca", base)?;
-    let chain = certificates(&cert.0, &cert.1)?;
-    let private_key = PrivateKeyDer::from_pem_slice(&key.0)
-        .map_err(|e| format!("{} holds no usable PEM private key: {e}", key.1))?;
+    let files = match (set(&t.cert_file), set(&t.key_file)) {
+        (Some(c), Some(k)) => Some((resolve(base, c), resolve(base, k))),
+        _ => None,
+    };
 
     let client_auth = match set(&t.client_auth_type).unwrap_or("NoClientCert") {
         "NoClientCert" => ClientAuth::None,
@@ -421,12 +424,110 @@ fn tls_config(t: FileTls, base: &Path) -> Result<Option<Arc<ServerConfig>>, Stri
         }
         Some(v) => builder.with_client_cert_verifier(v),
     };
-    let mut config = builder
-        .with_single_cert(chain, private_key)
-        .map_err(|e| format!("{} and {} do not make a usable pair: {e}", cert.1, key.1))?;
+    let certified = certified_key(&cert.0, &cert.1, &key.0, &key.1, &provider)?;
+    let mut config = builder.with_cert_resolver(Arc::new(ServerCert {
+        provider: provider.clone(),
+        files,
+        current: Mutex::new(Current {
+            cert_pem: cert.0,
+            key_pem: key.0,
+            key: certified,
+            checked: Instant::now(),
+        }),
+    }));
     config.ignore_client_order = t.prefer_server_cipher_suites.unwrap_or(true);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Some(Arc::new(config)))
+}
+
+/// A certificate chain and its key, checked to belong together.
+fn certified_key(
+    cert_pem: &[u8],
+    cert_what: &str,
+    key_pem: &[u8],
+    key_what: &str,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain = certificates(cert_pem, cert_what)?;
+    let private_key = PrivateKeyDer::from_pem_slice(key_pem)
+        .map_err(|e| format!("{key_what} holds no usable PEM private key: {e}"))?;
+    CertifiedKey::from_der(chain, private_key, provider)
+        .map(Arc::new)
+        .map_err(|e| format!("{cert_what} and {key_what} do not make a usable pair: {e}"))
+}
+
+/// How often a handshake may look for a renewed certificate.
+const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// The server certificate. When it comes from `cert_file` and `key_file`, a handshake rereads
+/// them (at most once per [`RELOAD_CHECK`]) and switches to a renewed pair, as exporter-toolkit
+/// does; a pair that does not load is logged and the previous one kept.
+struct ServerCert {
+    provider: Arc<CryptoProvider>,
+    files: Option<(PathBuf, PathBuf)>,
+    current: Mutex<Current>,
+}
+
+struct Current {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    key: Arc<CertifiedKey>,
+    checked: Instant,
+}
+
+impl fmt::Debug for ServerCert {
+    // The key stays out of logs.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerCert")
+            .field("files", &self.files)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServerCert {
+    fn reload(&self, current: &mut Current, cert_file: &Path, key_file: &Path) {
+        let (Ok(cert_pem), Ok(key_pem)) = (std::fs::read(cert_file), std::fs::read(key_file))
+        else {
+            tracing::warn!(cert_file = %cert_file.display(), key_file = %key_file.display(), "cannot read the TLS certificate files; serving the previous certificate");
+            return;
+        };
+        if cert_pem == current.cert_pem && key_pem == current.key_pem {
+            return;
+        }
+        let cert_what = format!("cert_file {}", cert_file.display());
+        let key_what = format!("key_file {}", key_file.display());
+        match certified_key(&cert_pem, &cert_what, &key_pem, &key_what, &self.provider) {
+            Ok(key) => {
+                tracing::info!(cert_file = %cert_file.display(), "loaded a renewed TLS certificate");
+                *current = Current {
+                    cert_pem,
+                    key_pem,
+                    key,
+                    checked: current.checked,
+                };
+            }
+            Err(e) => {
+                // Often a renewal caught half-written; the next check will see it whole.
+                tracing::warn!(error = %e, "the changed TLS certificate does not load; serving the previous one");
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ServerCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let mut current = self
+            .current
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some((cert_file, key_file)) = &self.files {
+            if current.checked.elapsed() >= RELOAD_CHECK {
+                current.checked = Instant::now();
+                self.reload(&mut current, cert_file, key_file);
+            }
+        }
+        Some(current.key.clone())
+    }
 }
 
 fn protocol_versions(

@@ -281,3 +281,54 @@ async fn slow_clients_filling_every_slot_do_not_stall_the_poller() {
     .unwrap();
     running.shutdown().await;
 }
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight_and_stops_accepting() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (entered_tx, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let entered = std::sync::Arc::new(std::sync::Mutex::new(Some(entered_tx)));
+    let router = axum::Router::new().route(
+        "/slow",
+        get(move || {
+            let entered = entered.clone();
+            async move {
+                if let Some(tx) = entered.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                "finished\n"
+            }
+        }),
+    );
+    let cancel = CancellationToken::new();
+    let serving = tokio::spawn(server::serve(
+        listener,
+        router,
+        None,
+        WebLimits::default(),
+        cancel.clone(),
+    ));
+    let request = tokio::task::spawn_blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    });
+    tokio::time::timeout(Duration::from_secs(10), entered_rx)
+        .await
+        .unwrap()
+        .unwrap();
+    cancel.cancel();
+    let answer = request.await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(answer.ends_with("finished\n"), "{answer}");
+    tokio::time::timeout(Duration::from_secs(10), serving)
+        .await
+        .expect("serve returns once the last connection closed")
+        .unwrap();
+    assert!(TcpStream::connect(addr).is_err(), "still accepting");
+}

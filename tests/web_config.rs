@@ -255,6 +255,59 @@ async fn tls_scrape_works_and_plain_http_on_the_tls_port_is_refused_cleanly() {
     exporter.stop().await;
 }
 
+/// The CA a TLS client found on the exporter's port, by which `cas` it accepts.
+async fn trusted_by(port: u16, cas: &[&str]) -> Vec<bool> {
+    let mut out = Vec::new();
+    for ca in cas {
+        let c = reqwest::Client::builder()
+            .timeout(Duration::from_secs(10))
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        out.push(
+            c.get(format!("https://127.0.0.1:{port}/-/healthy"))
+                .send()
+                .await
+                .is_ok(),
+        );
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_renewed_certificate_is_picked_up_and_a_broken_one_ignored() {
+    let old = pki();
+    let new = pki();
+    let dir = TempDir::new("renew");
+    old.write(&dir);
+    let web = dir.write(
+        "web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    );
+    let exporter = start(&web).await;
+    let port = exporter.addr().port();
+    assert_eq!(trusted_by(port, &[&old.ca, &new.ca]).await, [true, false]);
+
+    new.write(&dir);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while trusted_by(port, &[&old.ca, &new.ca]).await != [false, true] {
+        assert!(
+            Instant::now() < deadline,
+            "the renewed certificate was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A half-written renewal: the key no longer matches. The last good pair stays in use.
+    dir.write("server.key", &old.server_key);
+    // Past the once-a-second reload check, so these handshakes do look at the broken pair.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    for _ in 0..3 {
+        assert_eq!(trusted_by(port, &[&old.ca, &new.ca]).await, [false, true]);
+    }
+    exporter.stop().await;
+}
+
 #[tokio::test]
 async fn client_certificates_are_required_and_verified() {
     let pki = pki();

@@ -10,6 +10,7 @@
 //! cost, so response times do not reveal which users exist.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::Router;
@@ -34,6 +35,8 @@ struct Guard {
     cache: Mutex<HashMap<[u8; 32], bool>>,
     /// One bcrypt verification at a time.
     bcrypt: Semaphore,
+    /// bcrypt verifications run so far.
+    verifications: AtomicU64,
     headers: Vec<(HeaderName, HeaderValue)>,
     limiter: Option<Mutex<Bucket>>,
 }
@@ -43,30 +46,36 @@ pub fn protect(router: Router, web: &WebConfig) -> Router {
     if web.users.is_empty() && web.headers.is_empty() && web.rate_limit.is_none() {
         return router;
     }
-    let cost = web
-        .users
-        .values()
-        .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
-        .map(|p| p.get_cost())
-        .max()
-        .unwrap_or(bcrypt::DEFAULT_COST);
-    let dummy_hash = if web.users.is_empty() {
-        String::new()
-    } else {
-        bcrypt::hash("kapso-exporter: no such user", cost).unwrap_or_default()
-    };
-    let guard = Guard {
-        users: web.users.clone().into_iter().collect(),
-        dummy_hash,
-        cache: Mutex::new(HashMap::new()),
-        bcrypt: Semaphore::new(1),
-        headers: web.headers.clone(),
-        limiter: web.rate_limit.map(|r| Mutex::new(Bucket::new(r))),
-    };
     router.layer(axum::middleware::from_fn_with_state(
-        Arc::new(guard),
+        Arc::new(Guard::new(web)),
         guard_request,
     ))
+}
+
+impl Guard {
+    fn new(web: &WebConfig) -> Guard {
+        let cost = web
+            .users
+            .values()
+            .filter_map(|h| h.parse::<bcrypt::HashParts>().ok())
+            .map(|p| p.get_cost())
+            .max()
+            .unwrap_or(bcrypt::DEFAULT_COST);
+        let dummy_hash = if web.users.is_empty() {
+            String::new()
+        } else {
+            bcrypt::hash("kapso-exporter: no such user", cost).unwrap_or_default()
+        };
+        Guard {
+            users: web.users.clone().into_iter().collect(),
+            dummy_hash,
+            cache: Mutex::new(HashMap::new()),
+            bcrypt: Semaphore::new(1),
+            verifications: AtomicU64::new(0),
+            headers: web.headers.clone(),
+            limiter: web.rate_limit.map(|r| Mutex::new(Bucket::new(r))),
+        }
+    }
 }
 
 async fn guard_request(State(g): State<Arc<Guard>>, req: Request, next: Next) -> Response {
@@ -110,6 +119,7 @@ impl Guard {
         if let Some(ok) = lock(&self.cache).get(&key) {
             return *ok && known;
         }
+        self.verifications.fetch_add(1, Ordering::Relaxed);
         let ok = tokio::task::spawn_blocking(move || {
             bcrypt::verify(password.as_bytes(), &hash).unwrap_or(false)
         })
@@ -204,6 +214,61 @@ mod tests {
             HeaderValue::from_static("Bearer YWxpY2U6cGE6c3M="),
         );
         assert_eq!(credentials(&h), None);
+    }
+
+    fn basic(user: &str, password: &str) -> HeaderMap {
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Basic {token}")).expect("header"),
+        );
+        h
+    }
+
+    #[tokio::test]
+    async fn verifications_are_cached_and_never_run_twice_for_the_same_credentials() {
+        let web = WebConfig {
+            users: [("alice".to_owned(), bcrypt::hash("right", 4).expect("hash"))].into(),
+            ..WebConfig::default()
+        };
+        let g = Arc::new(Guard::new(&web));
+        let runs = |g: &Guard| g.verifications.load(Ordering::Relaxed);
+        for _ in 0..5 {
+            assert!(g.authorized(&basic("alice", "right")).await);
+        }
+        assert_eq!(runs(&g), 1);
+        for _ in 0..3 {
+            assert!(!g.authorized(&basic("alice", "wrong")).await);
+        }
+        assert_eq!(runs(&g), 2);
+        // An unknown user costs a verification against the dummy hash, and never passes, even
+        // with the dummy hash's own password.
+        assert!(!g.authorized(&basic("mallory", "right")).await);
+        assert!(
+            !g.authorized(&basic("mallory", "kapso-exporter: no such user"))
+                .await
+        );
+        assert_eq!(runs(&g), 4);
+        assert!(!g.authorized(&HeaderMap::new()).await);
+        assert_eq!(runs(&g), 4);
+
+        // Ten concurrent first attempts with the same new credentials: one verification.
+        let web = WebConfig {
+            users: [("bob".to_owned(), bcrypt::hash("pw", 4).expect("hash"))].into(),
+            ..WebConfig::default()
+        };
+        let g = Arc::new(Guard::new(&web));
+        let attempts: Vec<_> = (0..10)
+            .map(|_| {
+                let g = g.clone();
+                tokio::spawn(async move { g.authorized(&basic("bob", "pw")).await })
+            })
+            .collect();
+        for a in attempts {
+            assert!(a.await.expect("task"));
+        }
+        assert_eq!(runs(&g), 1);
     }
 
     #[test]
