@@ -53,6 +53,7 @@ pub fn build(config: &Config, clock: Clock, retry: RetryPolicy) -> anyhow::Resul
     }
     let registry = metrics::registry(projects.clone(), clock, &config.stall_thresholds);
     let router = http::router(registry, projects.clone(), &config.telemetry_path);
+    let router = http::auth::protect(router, &config.web);
     Ok(Exporter {
         router,
         pollers,
@@ -121,16 +122,14 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
         tracing::info!(interval = %humantime::format_duration(p.poll_interval), budget = p.rate_limit, "polling {}", poller::describe(p));
         tasks.spawn(poller.run(cancel.clone()));
     }
-    let token = cancel.clone();
-    let router = exporter.router;
-    tasks.spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { token.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "HTTP server failed");
-        }
-    });
+    tasks.spawn(http::server::serve(
+        listener,
+        exporter.router,
+        config.web.tls.clone(),
+        config.web_limits,
+        cancel.clone(),
+    ));
+    tracing::info!(web = %config.web.describe(), max_connections = config.web_limits.max_connections, "HTTP server configured");
     tracing::info!(address = %addr, path = %config.telemetry_path, "serving metrics");
     Ok(Running {
         addr,

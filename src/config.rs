@@ -13,6 +13,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::kapso::ApiKey;
+use crate::web_config::WebConfig;
 
 /// The default Kapso Platform API.
 pub const DEFAULT_BASE_URL: &str = "https://api.kapso.ai/platform/v1";
@@ -28,6 +29,7 @@ pub const DEMO_POLL_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONVERSATIONS: usize = 10_000;
 pub const DEFAULT_STALL_THRESHOLDS: [u64; 6] = [60, 300, 900, 3600, 14400, 86400];
+pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
 /// The version with the git revision it was built from.
 pub const VERSION: &str = concat!(
@@ -72,6 +74,12 @@ pub struct Cli {
     /// Address to listen on for HTTP requests [default: :9853]
     #[arg(long = "web.listen-address", value_name = "ADDRESS")]
     pub listen_address: Option<String>,
+    /// Exporter-toolkit web configuration file: TLS, basic auth, response headers, rate limit
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    pub web_config_file: Option<PathBuf>,
+    /// Most HTTP connections served at once; more wait in the listen backlog [default: 64]
+    #[arg(long = "web.max-connections", value_name = "N")]
+    pub max_connections: Option<usize>,
     /// Path under which to expose metrics [default: /metrics]
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     pub telemetry_path: Option<String>,
@@ -117,12 +125,45 @@ pub struct Config {
     pub projects: Vec<ProjectConfig>,
     pub listen_address: SocketAddr,
     pub telemetry_path: String,
+    /// From `--web.config.file`; plain HTTP without authentication by default.
+    pub web: WebConfig,
+    pub web_limits: WebLimits,
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
     pub max_conversations: usize,
     /// Sorted, distinct, non-zero.
     pub stall_thresholds: Vec<Duration>,
     pub demo: bool,
+}
+
+/// Limits that keep slow or hostile HTTP clients from holding the server (see `http::server`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebLimits {
+    /// Connections served at once (`--web.max-connections`).
+    pub max_connections: usize,
+    /// Time for a client to send its request headers; also the keep-alive idle timeout.
+    pub header_read_timeout: Duration,
+    /// Time for a client to finish the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Time for a handler to answer (then 503).
+    pub request_timeout: Duration,
+    /// Time a response write may make no progress before the connection is closed.
+    pub write_timeout: Duration,
+    /// Size of the request line and headers (larger: 431).
+    pub max_header_bytes: usize,
+}
+
+impl Default for WebLimits {
+    fn default() -> Self {
+        WebLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -179,6 +220,8 @@ struct FileConfig {
 struct FileWeb {
     listen_address: Option<String>,
     telemetry_path: Option<String>,
+    config_file: Option<PathBuf>,
+    max_connections: Option<usize>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -335,6 +378,26 @@ impl Config {
                 "--web.telemetry-path {telemetry_path:?} must be an absolute path other than / and /-/..."
             )));
         }
+        let web = match cli
+            .web_config_file
+            .clone()
+            .or(file.web.config_file.map(|p| resolve(&base, &p)))
+        {
+            Some(path) => WebConfig::load(&path)
+                .map_err(|e| err(format!("invalid --web.config.file {}: {e}", path.display())))?,
+            None => WebConfig::default(),
+        };
+        let max_connections = cli
+            .max_connections
+            .or(file.web.max_connections)
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS);
+        if max_connections == 0 {
+            return Err(err("--web.max-connections must be at least 1"));
+        }
+        let web_limits = WebLimits {
+            max_connections,
+            ..WebLimits::default()
+        };
         let log_level = match cli
             .log_level
             .as_deref()
@@ -401,6 +464,8 @@ impl Config {
             projects,
             listen_address,
             telemetry_path,
+            web,
+            web_limits,
             log_level,
             log_format,
             max_conversations,
@@ -677,6 +742,11 @@ mod tests {
             (&["--kapso.base-url", "ftp://x"], "--kapso.base-url"),
             (&["--web.listen-address", "nowhere"], "--web.listen-address"),
             (&["--web.telemetry-path", "metrics"], "--web.telemetry-path"),
+            (&["--web.max-connections", "0"], "--web.max-connections"),
+            (
+                &["--web.config.file", "/nonexistent/web.yml"],
+                "--web.config.file /nonexistent/web.yml",
+            ),
             (&["--log.level", "loud"], "--log.level"),
             (&["--log.format", "xml"], "--log.format"),
             (
@@ -759,6 +829,36 @@ mod tests {
         let e = Config::load(&cli(&["--config.file", path_str]), &env).expect_err("typo");
         assert!(e.to_string().contains("api_key_fille"), "{e}");
         assert!(!e.to_string().contains('\n'));
+    }
+
+    #[test]
+    fn web_settings_come_from_the_file_relative_to_it() {
+        let dir = std::env::temp_dir().join(format!("kx-conf-web-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        std::fs::write(
+            dir.join("web.yml"),
+            "rate_limit:\n  interval: 1s\n  burst: 3\n",
+        )
+        .expect("write");
+        let path = dir.join("config.yml");
+        std::fs::write(
+            &path,
+            "web:\n  config_file: web.yml\n  max_connections: 5\n",
+        )
+        .expect("write");
+        let path = path.to_str().expect("utf-8");
+        let config = Config::load(&cli(&["--config.file", path]), &env_with_key).expect("valid");
+        assert_eq!(config.web_limits.max_connections, 5);
+        assert_eq!(config.web.rate_limit.map(|r| r.burst), Some(3));
+        let config = Config::load(
+            &cli(&["--config.file", path, "--web.max-connections", "7"]),
+            &env_with_key,
+        )
+        .expect("valid");
+        assert_eq!(config.web_limits.max_connections, 7);
+        let config = Config::load(&cli(&[]), &env_with_key).expect("valid");
+        assert_eq!(config.web_limits, WebLimits::default());
+        assert!(config.web.tls.is_none() && config.web.users.is_empty());
     }
 
     #[test]

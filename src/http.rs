@@ -8,6 +8,12 @@
 //! | `/-/ready` | 200 once every project completed its first poll, else 503 |
 //!
 //! Only GET and HEAD are answered (405 otherwise). A scrape never calls Kapso.
+//! With `--web.config.file`, [`auth`] puts the rate limit, response headers and basic
+//! authentication in front of every endpoint (as exporter-toolkit does, `/-/healthy` included);
+//! [`server`] serves the router, plain or TLS, with limits against hostile clients.
+
+pub mod auth;
+pub mod server;
 
 use std::sync::Arc;
 

@@ -14,3 +14,4 @@ pub mod metrics;
 pub mod poller;
 pub mod simulator;
 pub mod state;
+pub mod web_config;
