@@ -1,5 +1,5 @@
 //! The binary: bad configuration is one line and exit code 64 before any port is bound;
-//! `--demo` serves every metric within seconds; SIGTERM stops it gracefully.
+//! `--demo` serves every metric within seconds; SIGTERM and SIGINT stop it gracefully.
 #![allow(clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader};
@@ -88,49 +88,106 @@ fn version_shows_the_revision() {
     );
 }
 
+/// The binary in `--demo` mode on a free port, killed on drop if a test fails first.
+struct Demo {
+    child: std::process::Child,
+    addr: String,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Demo {
+    fn start() -> Demo {
+        let mut child = Command::new(BIN)
+            .args([
+                "--demo",
+                "--web.listen-address",
+                "127.0.0.1:0",
+                "--poll.interval",
+                "2s",
+                "--kapso.timeout",
+                "1s",
+            ])
+            .env_remove("KAPSO_API_KEY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut demo = Demo {
+            child,
+            addr: String::new(),
+            lines,
+        };
+        let line = demo.wait_for_line("serving metrics", Duration::from_secs(30));
+        demo.addr = line
+            .split("address=")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .to_owned();
+        demo
+    }
+
+    fn wait_for_line(&self, wanted: &str, limit: Duration) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("no log line with {wanted:?} within {limit:?}"));
+            if line.contains(wanted) {
+                return line;
+            }
+        }
+    }
+
+    /// Sends `signal` and asserts a clean exit within the shutdown grace period plus margin.
+    fn stop_with(&mut self, signal: &str) {
+        let pid = self.child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args([&format!("-{signal}"), &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let stop_deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "exit status after SIG{signal}: {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < stop_deadline,
+                "did not stop within 15 s of SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[test]
 fn demo_serves_every_metric_and_stops_on_sigterm() {
-    let mut child = Command::new(BIN)
-        .args([
-            "--demo",
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--poll.interval",
-            "2s",
-            "--kapso.timeout",
-            "1s",
-        ])
-        .env_remove("KAPSO_API_KEY")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines() {
-            let Ok(line) = line else { break };
-            let _ = tx.send(line);
-        }
-    });
+    let mut demo = Demo::start();
+    let addr = demo.addr.clone();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        let line = rx
-            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            .expect("a 'serving metrics' log line");
-        if line.contains("serving metrics") {
-            let a = line
-                .split("address=")
-                .nth(1)
-                .unwrap()
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_owned();
-            break a;
-        }
-    };
     let wanted = [
         "kapso_workflow_executions{",
         "kapso_conversation_workflow_executions{",
@@ -171,26 +228,16 @@ fn demo_serves_every_metric_and_stops_on_sigterm() {
         "Ready\n"
     );
 
-    let pid = child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let stop_deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(status.success(), "exit status after SIGTERM: {status}");
-            break;
-        }
-        assert!(
-            Instant::now() < stop_deadline,
-            "did not stop within 15 s of SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    demo.stop_with("TERM");
+}
+
+#[test]
+fn sigint_stops_gracefully_with_a_client_connection_open() {
+    let mut demo = Demo::start();
+    // An idle client must not hold the shutdown beyond the grace period.
+    let _idle = std::net::TcpStream::connect(&demo.addr).unwrap();
+    demo.stop_with("INT");
+    demo.wait_for_line("shutting down", Duration::from_secs(1));
 }
 
 /// A blocking GET with a plain TCP socket (keeps the test free of an async runtime).
