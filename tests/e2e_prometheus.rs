@@ -500,9 +500,10 @@ fn alertmanager_program() -> Option<&'static str> {
 // The test
 // ------------------------------------------------------------------------------------------------
 
-/// One panel target, ready to run.
+/// One panel target or variable query, ready to run.
 struct PanelQuery {
     dashboard: String,
+    /// The panel's title, or `variable <name>`.
     panel: String,
     expr: String,
     instant: bool,
@@ -540,6 +541,28 @@ fn panel_queries() -> Vec<PanelQuery> {
                     .unwrap_or_else(|| panic!("{name}: no value for variable ${other}")),
             }
         };
+        // Each `label_values(selector, label)` variable must offer values: the selector's
+        // series must have the label.
+        for var in grafana::variables(&dashboard) {
+            let query = var["query"].as_str().unwrap_or_default();
+            let Some(args) = query
+                .strip_prefix("label_values(")
+                .and_then(|q| q.strip_suffix(')'))
+            else {
+                continue;
+            };
+            let (selector, label) = args.rsplit_once(',').unwrap();
+            out.push(PanelQuery {
+                dashboard: name.clone(),
+                panel: format!("variable {}", var["name"]),
+                expr: format!(
+                    "count by ({}) ({})",
+                    label.trim(),
+                    grafana::substitute(selector, &value)
+                ),
+                instant: true,
+            });
+        }
         for panel in grafana::panels(&dashboard) {
             for target in panel["targets"].as_array().map_or(&[][..], Vec::as_slice) {
                 let Some(expr) = target["expr"].as_str() else {
@@ -882,7 +905,7 @@ projects:
         if Instant::now() >= deadline {
             let report: Vec<String> = pending
                 .iter()
-                .map(|q| format!("{} panel {:?}: {}", q.dashboard, q.panel, q.expr))
+                .map(|q| format!("{} {:?}: {}", q.dashboard, q.panel, q.expr))
                 .collect();
             panic!(
                 "these panels show no data (or only zeros):\n{}\n{}",
