@@ -6,7 +6,8 @@
 //! `npm ci` in `tests/dashboards-typecheck/`) fail when `CI=true` and the program is missing;
 //! elsewhere they print `SKIPPED: <why>` to stderr and pass. The other checks always run.
 //!
-//! The end-to-end proof (exporter, simulator, Prometheus and Alertmanager running) lives elsewhere.
+//! The end-to-end proof (exporter, simulator, Prometheus and Alertmanager running) is
+//! `tests/e2e_prometheus.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -16,8 +17,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use grafana::{panels, variables};
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
+
+mod grafana;
 
 const RUNBOOK_BASE: &str =
     "https://github.com/kapso-exporter/kapso-exporter/blob/main/docs/runbooks.md";
@@ -309,35 +313,7 @@ fn substitute_variables(expr: &str) -> String {
         }
         .to_owned()
     };
-    let chars: Vec<char> = expr.chars().collect();
-    let mut out = String::new();
-    let mut i = 0;
-    while i < chars.len() {
-        if chars[i] == '$' && chars.get(i + 1) == Some(&'{') {
-            let end = chars[i..]
-                .iter()
-                .position(|&c| c == '}')
-                .map(|p| i + p)
-                .unwrap_or_else(|| panic!("unclosed ${{ in {expr}"));
-            let inner: String = chars[i + 2..end].iter().collect();
-            out.push_str(&value(inner.split(':').next().unwrap_or_default()));
-            i = end + 1;
-        } else if chars[i] == '$' {
-            let start = i + 1;
-            let mut end = start;
-            while end < chars.len() && (chars[end].is_ascii_alphanumeric() || chars[end] == '_') {
-                end += 1;
-            }
-            let name: String = chars[start..end].iter().collect();
-            assert!(!name.is_empty(), "a lone $ in {expr}");
-            out.push_str(&value(&name));
-            i = end;
-        } else {
-            out.push(chars[i]);
-            i += 1;
-        }
-    }
-    out
+    grafana::substitute(expr, &value)
 }
 
 /// The series selector of a `label_values(selector, label)` variable query, or the query itself
@@ -369,30 +345,6 @@ fn variable_promql(query: &str) -> Option<String> {
 // ------------------------------------------------------------------------------------------------
 // Dashboards
 // ------------------------------------------------------------------------------------------------
-
-/// Every panel of a dashboard, rows included, with the panels inside rows.
-fn panels(dashboard: &Json) -> Vec<&Json> {
-    fn walk<'a>(list: &'a Json, out: &mut Vec<&'a Json>) {
-        for panel in list.as_array().map_or(&[][..], Vec::as_slice) {
-            out.push(panel);
-            if let Some(children) = panel.get("panels") {
-                walk(children, out);
-            }
-        }
-    }
-    let mut out = Vec::new();
-    if let Some(list) = dashboard.get("panels") {
-        walk(list, &mut out);
-    }
-    out
-}
-
-fn variables(dashboard: &Json) -> &[Json] {
-    dashboard
-        .pointer("/templating/list")
-        .and_then(Json::as_array)
-        .map_or(&[], Vec::as_slice)
-}
 
 /// A PromQL expression found in a dashboard and where it was found.
 struct DashboardQuery {
