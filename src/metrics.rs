@@ -6,6 +6,7 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -17,7 +18,7 @@ use prometheus_client::registry::Registry;
 use crate::clock::Clock;
 use crate::kapso::{ApiError, ExecutionStatus};
 use crate::poller::tracker::micros;
-use crate::state::{self, ProjectState, SharedProject, Snapshot};
+use crate::state::{self, ConversationSeries, ProjectState, SharedProject, Snapshot};
 
 /// `Content-Type` of the classic text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -52,12 +53,16 @@ pub fn registry(
 
 /// Renders the registry in the classic text format or OpenMetrics.
 pub fn render(registry: &Registry, openmetrics: bool) -> Result<String, std::fmt::Error> {
-    let mut out = String::new();
+    // Sized from the previous scrape, so a large exposition is not copied as it grows.
+    static LAST_LEN: AtomicUsize = AtomicUsize::new(0);
+    let hint = LAST_LEN.load(Ordering::Relaxed);
+    let mut out = String::with_capacity(hint + hint / 16);
     if openmetrics {
         prometheus_client::encoding::text::encode(&mut out, registry)?;
     } else {
         prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?;
     }
+    LAST_LEN.store(out.len(), Ordering::Relaxed);
     Ok(out)
 }
 
@@ -129,6 +134,28 @@ impl View {
 type Labels<'a> = Vec<(&'static str, &'a str)>;
 /// Owned label pairs and a value.
 type Series = Vec<(Vec<(&'static str, String)>, f64)>;
+
+/// The workflow name of `id` from a sorted (id, name) table, else the id itself.
+fn workflow_name<'a>(names: &'a [(Arc<str>, String)], id: &'a str) -> &'a str {
+    names
+        .binary_search_by(|(k, _)| k.as_ref().cmp(id))
+        .map_or(id, |j| names[j].1.as_str())
+}
+
+/// Labels of one per-conversation series, borrowed from the view and its snapshot.
+fn conversation_labels<'a>(
+    view: &'a View,
+    names: &'a [(Arc<str>, String)],
+    s: &'a ConversationSeries,
+) -> Labels<'a> {
+    vec![
+        ("project", view.name.as_str()),
+        ("conversation_id", &*s.conversation_id),
+        ("workflow_id", &*s.workflow_id),
+        ("workflow", workflow_name(names, &s.workflow_id)),
+        ("status", s.status.as_str()),
+    ]
+}
 
 /// Writes one family: its descriptor, then each series.
 fn family<'a>(
@@ -219,36 +246,37 @@ impl Collector for KapsoCollector {
             owned.iter().map(|(l, v)| (borrow(l), gauge(*v))),
         )?;
 
-        let mut conv = Vec::new();
-        let mut conv_stall = Vec::new();
-        for (i, v) in views.iter().enumerate() {
-            for s in &v.snapshot.conversations {
-                let labels = vec![
-                    ("project", v.name.clone()),
-                    ("conversation_id", s.conversation_id.to_string()),
-                    ("workflow_id", s.workflow_id.to_string()),
-                    ("workflow", name_of(i, &s.workflow_id)),
-                    ("status", s.status.as_str().to_owned()),
-                ];
-                if ExecutionStatus::STALLABLE.contains(&s.status) {
-                    conv_stall.push((labels.clone(), stall_seconds(s.oldest_last_event)));
-                }
-                conv.push((labels, s.count as f64));
-            }
-        }
+        // Per-conversation series can number hundreds of thousands: their labels borrow from
+        // the snapshot and are built one series at a time, never all at once.
         family(
             &mut enc,
             "kapso_conversation_workflow_executions",
             "Executions now in a live status, per conversation with a live execution (capped by --metrics.max-conversations, most stalled first).",
             MetricType::Gauge,
-            conv.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+            views.iter().zip(&names).flat_map(|(v, names)| {
+                v.snapshot
+                    .conversations
+                    .iter()
+                    .map(move |s| (conversation_labels(v, names, s), gauge(s.count as f64)))
+            }),
         )?;
         family(
             &mut enc,
             "kapso_conversation_execution_stalled_seconds",
             "Longest time since the last event among a conversation's executions in waiting or handoff.",
             MetricType::Gauge,
-            conv_stall.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+            views.iter().zip(&names).flat_map(|(v, names)| {
+                v.snapshot
+                    .conversations
+                    .iter()
+                    .filter(|s| ExecutionStatus::STALLABLE.contains(&s.status))
+                    .map(move |s| {
+                        (
+                            conversation_labels(v, names, s),
+                            gauge(stall_seconds(s.oldest_last_event)),
+                        )
+                    })
+            }),
         )?;
 
         let mut stalled = Vec::new();

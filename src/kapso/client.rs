@@ -314,7 +314,7 @@ impl Client {
         loop {
             attempt += 1;
             let last = attempt >= self.retry.attempts;
-            self.limiter.acquire().await;
+            let permit = self.limiter.acquire().await;
             let sent = self
                 .http
                 .get(url.clone())
@@ -326,6 +326,7 @@ impl Client {
             let response = match sent {
                 Ok(response) => response,
                 Err(e) => {
+                    drop(permit);
                     self.stats.record(endpoint, "error");
                     let err = transport_error(endpoint, &e);
                     if last {
@@ -336,6 +337,8 @@ impl Client {
                     continue;
                 }
             };
+            // Kapso counted the request by the time its answer arrived.
+            drop(permit);
             let status = response.status();
             self.stats.record(endpoint, status.as_str());
             self.observe_rate_limit(response.headers());

@@ -6,25 +6,54 @@
 //! request of the key, and `X-RateLimit-Remaining: 0` pauses it until our oldest request
 //! leaves the window.
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The length of Kapso's rate-limit window.
 pub const WINDOW: Duration = Duration::from_secs(60);
 
+/// A request occupies its slot of the budget from the moment it is allowed until 60 s after
+/// its response arrived. Kapso counts it at some instant in between, unknown to us; counting
+/// from the response keeps every 60 s window of Kapso's within the limit, however much the
+/// network delays one request more than another.
 #[derive(Debug)]
 pub struct RateLimiter {
     limit: usize,
     inner: Mutex<Inner>,
+    freed: Notify,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    sent: VecDeque<Instant>,
+    /// Requests allowed whose response has not arrived yet.
+    in_flight: usize,
+    /// When the responses of the requests still in the window arrived.
+    done: BinaryHeap<Reverse<Instant>>,
     paused_until: Option<Instant>,
+}
+
+/// One request's slot; dropping it (when the response arrived, or the request was given up)
+/// starts its 60 s in the window.
+#[derive(Debug)]
+#[must_use = "the slot is released when the permit is dropped"]
+pub struct Permit<'a> {
+    limiter: &'a RateLimiter,
+}
+
+impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        {
+            let mut inner = self.limiter.lock();
+            inner.in_flight = inner.in_flight.saturating_sub(1);
+            inner.done.push(Reverse(Instant::now()));
+        }
+        self.limiter.freed.notify_waiters();
+    }
 }
 
 impl RateLimiter {
@@ -33,21 +62,30 @@ impl RateLimiter {
         Self {
             limit: per_minute.max(1) as usize,
             inner: Mutex::new(Inner::default()),
+            freed: Notify::new(),
         }
     }
 
-    /// Waits until one more request fits in the budget, then records it as sent.
-    pub async fn acquire(&self) {
+    /// Waits until one more request fits in the budget; the request holds the returned permit
+    /// until its response arrived.
+    pub async fn acquire(&self) -> Permit<'_> {
         loop {
+            // Created before the check, so a slot freed in between still wakes us.
+            let freed = self.freed.notified();
             match self.try_acquire(Instant::now()) {
-                Ok(()) => return,
-                Err(until) => tokio::time::sleep_until(until).await,
+                Ok(permit) => return permit,
+                Err(until) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => {}
+                        _ = freed => {}
+                    }
+                }
             }
         }
     }
 
-    /// Records a request sent at `now` if it fits, else tells when to try again.
-    pub fn try_acquire(&self, now: Instant) -> Result<(), Instant> {
+    /// A permit if one more request fits at `now`, else when to try again (at the latest).
+    pub fn try_acquire(&self, now: Instant) -> Result<Permit<'_>, Instant> {
         let mut inner = self.lock();
         if let Some(until) = inner.paused_until {
             if now < until {
@@ -55,14 +93,15 @@ impl RateLimiter {
             }
             inner.paused_until = None;
         }
-        while inner.sent.front().is_some_and(|t| *t + WINDOW <= now) {
-            inner.sent.pop_front();
+        while inner.done.peek().is_some_and(|t| t.0 + WINDOW <= now) {
+            inner.done.pop();
         }
-        if inner.sent.len() < self.limit {
-            inner.sent.push_back(now);
-            return Ok(());
+        if inner.in_flight + inner.done.len() < self.limit {
+            inner.in_flight += 1;
+            return Ok(Permit { limiter: self });
         }
-        Err(inner.sent.front().map_or(now, |t| *t + WINDOW))
+        // Every slot may be in flight: a response frees one sooner than this.
+        Err(inner.done.peek().map_or(now + WINDOW, |t| t.0 + WINDOW))
     }
 
     /// Holds every request of this key until `until` (a 429's `Retry-After`).
@@ -79,7 +118,7 @@ impl RateLimiter {
         }
         let until = {
             let inner = self.lock();
-            inner.sent.front().map_or(now + WINDOW, |t| *t + WINDOW)
+            inner.done.peek().map_or(now + WINDOW, |t| t.0 + WINDOW)
         };
         self.pause_until(until);
     }
@@ -104,7 +143,7 @@ mod tests {
         let start = Instant::now();
         let mut sent = Vec::new();
         for _ in 0..7 {
-            limiter.acquire().await;
+            drop(limiter.acquire().await);
             sent.push(Instant::now() - start);
         }
         // Three at once, three a window later, one two windows later.
@@ -122,21 +161,54 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn the_window_counts_from_the_response() {
+        let limiter = RateLimiter::new(2);
+        let start = Instant::now();
+        let slow = limiter.acquire().await;
+        drop(limiter.acquire().await);
+        // The slow request's response arrives 5 s later: its slot is taken until 65 s.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        drop(slow);
+        drop(limiter.acquire().await);
+        assert_eq!(Instant::now() - start, WINDOW);
+        drop(limiter.acquire().await);
+        assert_eq!(Instant::now() - start, WINDOW + Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_budget_in_flight_waits_for_a_response() {
+        let limiter = std::sync::Arc::new(RateLimiter::new(1));
+        let start = Instant::now();
+        let first = limiter.acquire().await;
+        let waiter = {
+            let limiter = limiter.clone();
+            tokio::spawn(async move {
+                drop(limiter.acquire().await);
+                Instant::now()
+            })
+        };
+        tokio::time::advance(Duration::from_secs(2)).await;
+        drop(first);
+        let got = waiter.await.expect("the waiter runs to the end");
+        assert_eq!(got - start, WINDOW + Duration::from_secs(2));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn pause_holds_every_request_until_it_ends() {
         let limiter = RateLimiter::new(100);
         let start = Instant::now();
         limiter.pause_until(start + Duration::from_secs(30));
         assert_eq!(
-            limiter.try_acquire(start),
-            Err(start + Duration::from_secs(30))
+            limiter.try_acquire(start).err(),
+            Some(start + Duration::from_secs(30))
         );
-        limiter.acquire().await;
+        drop(limiter.acquire().await);
         assert_eq!(Instant::now() - start, Duration::from_secs(30));
         // A shorter pause does not shorten a longer one.
         limiter.pause_until(Instant::now() + Duration::from_secs(10));
         limiter.pause_until(Instant::now() + Duration::from_secs(5));
         let before = Instant::now();
-        limiter.acquire().await;
+        drop(limiter.acquire().await);
         assert_eq!(Instant::now() - before, Duration::from_secs(10));
     }
 
@@ -144,10 +216,10 @@ mod tests {
     async fn zero_remaining_waits_for_the_oldest_request_to_expire() {
         let limiter = RateLimiter::new(100);
         let start = Instant::now();
-        limiter.acquire().await;
+        drop(limiter.acquire().await);
         tokio::time::advance(Duration::from_secs(20)).await;
         limiter.observe_remaining(0, Instant::now());
-        limiter.acquire().await;
+        drop(limiter.acquire().await);
         assert_eq!(Instant::now() - start, WINDOW);
     }
 }

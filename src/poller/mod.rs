@@ -6,12 +6,12 @@
 //!    `last_executed_at`;
 //! 2. per workflow and live status (`running`, `waiting`, `handoff`), `GET
 //!    /workflows/{id}/executions?status=...&limit=100`, every page;
-//! 3. per workflow whose `execution_count` grew by more than the new executions already seen
-//!    live: `created_after=<watermark>`, every page (executions that started since the last
-//!    poll, whatever their status now);
-//! 4. per workflow that lost live executions: their outcome, by one
-//!    `GET /workflow_executions/{id}` when one left, else one
-//!    `status=failed&created_after=<oldest start>` listing.
+//! 3. per workflow that lost live executions or whose `execution_count` grew by more than the
+//!    new executions seen live (some started and finished between two polls): their outcome,
+//!    by one `GET /workflow_executions/{id}` when one execution left, and one
+//!    `status=failed&created_after=<oldest start, or the watermark>` listing for the rest (the
+//!    ones not failed ended). Without a usable `execution_count`, a `created_after=<watermark>`
+//!    listing shows what started.
 //!
 //! Conversation mode lists `GET /whatsapp/conversations/{id}/flow_executions` (every page, all
 //! statuses) per watched conversation, after discovering active conversations when asked.
@@ -175,14 +175,20 @@ async fn observe_workflow(
     }))
     .await?;
     let live: Vec<Execution> = live_lists.into_iter().flatten().collect();
-    let recent = match tracker.recent_query(&workflow, &live) {
+    let query = tracker.recent_query(&workflow, &live);
+    if let RecentQuery::Failed { after, unseen } = query {
+        if let Some(obs) = observe_unseen(client, tracker, &workflow, &live, after, unseen).await? {
+            return Ok(obs);
+        }
+    }
+    let recent = match query {
         RecentQuery::Skip => Vec::new(),
         RecentQuery::All => {
             client
                 .list_workflow_executions(&workflow.id, ExecutionFilter::default())
                 .await?
         }
-        RecentQuery::From(after) => {
+        RecentQuery::From(after) | RecentQuery::Failed { after, .. } => {
             let filter = ExecutionFilter {
                 status: None,
                 created_after: Some(after),
@@ -195,27 +201,14 @@ async fn observe_workflow(
     let vanished = tracker.vanished(&workflow.id, &live, &recent);
     let mut outcomes = HashMap::new();
     if let [(id, _)] = vanished.as_slice() {
-        let detail = client.get_execution(id).await;
-        match detail {
-            Ok(row) => {
-                outcomes.insert(id.clone(), row.status);
-            }
-            // Gone for good (deleted): it left the live statuses; count it as ended.
-            Err(ApiError::Client { status: 404, .. }) => {}
-            Err(e) => return Err(e),
+        if let Some(status) = outcome_of(client, id).await? {
+            outcomes.insert(id.clone(), status);
         }
     } else if !vanished.is_empty() {
         let oldest: Option<OffsetDateTime> = vanished.iter().filter_map(|(_, s)| *s).min();
-        let filter = ExecutionFilter {
-            status: Some(ExecutionStatus::Failed),
-            created_after: oldest,
-        };
         let wanted: std::collections::HashSet<&str> =
             vanished.iter().map(|(id, _)| id.as_str()).collect();
-        for row in client
-            .list_workflow_executions(&workflow.id, filter)
-            .await?
-        {
+        for row in list_failed(client, &workflow.id, oldest).await? {
             if wanted.contains(row.id.as_str()) {
                 outcomes.insert(row.id, ExecutionStatus::Failed);
             }
@@ -226,7 +219,70 @@ async fn observe_workflow(
         live,
         recent,
         outcomes,
+        unseen_ended: 0,
     })
+}
+
+/// Executions started and finished since the last poll, known by `execution_count` only: one
+/// `status=failed` listing from the older of the watermark and the oldest vanished execution
+/// shows which failed, both new and vanished; the others ended. A single vanished execution
+/// is still read by id. `None` when the listing contradicts the count (the caller then lists
+/// everything that started, as without the count).
+async fn observe_unseen(
+    client: &Client,
+    tracker: &Tracker,
+    workflow: &Workflow,
+    live: &[Execution],
+    after: OffsetDateTime,
+    unseen: u64,
+) -> Result<Option<WorkflowObservation>, ApiError> {
+    let vanished = tracker.vanished(&workflow.id, live, &[]);
+    let mut outcomes = HashMap::new();
+    let mut from = after;
+    if let [(id, _)] = vanished.as_slice() {
+        if let Some(status) = outcome_of(client, id).await? {
+            outcomes.insert(id.clone(), status);
+        }
+    } else if let Some(oldest) = vanished.iter().filter_map(|(_, s)| *s).min() {
+        from = from.min(oldest);
+    } else if !vanished.is_empty() {
+        // A vanished execution without a start time: only a full listing is sure to show it.
+        return Ok(None);
+    }
+    let failed = list_failed(client, &workflow.id, Some(from)).await?;
+    let new_failed = tracker.unseen_failed(workflow, after, &failed);
+    let Some(unseen_ended) = unseen.checked_sub(new_failed) else {
+        return Ok(None);
+    };
+    Ok(Some(WorkflowObservation {
+        workflow: workflow.clone(),
+        live: live.to_vec(),
+        recent: failed,
+        outcomes,
+        unseen_ended,
+    }))
+}
+
+/// The status of one execution by id; `None` when it is gone (deleted: counted as ended).
+async fn outcome_of(client: &Client, id: &str) -> Result<Option<ExecutionStatus>, ApiError> {
+    match client.get_execution(id).await {
+        Ok(row) => Ok(Some(row.status)),
+        Err(ApiError::Client { status: 404, .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `status=failed&created_after=...`, every page.
+async fn list_failed(
+    client: &Client,
+    workflow_id: &str,
+    after: Option<OffsetDateTime>,
+) -> Result<Vec<Execution>, ApiError> {
+    let filter = ExecutionFilter {
+        status: Some(ExecutionStatus::Failed),
+        created_after: after,
+    };
+    client.list_workflow_executions(workflow_id, filter).await
 }
 
 /// Shares one poller handle name for logs.

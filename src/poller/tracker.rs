@@ -8,9 +8,10 @@
 //! - an execution that was live at the previous poll and is no longer in a live list finished;
 //!   its outcome comes from `GET /workflow_executions/{id}` (one vanished execution) or one
 //!   `status=failed&created_after=<its start>` listing (several);
-//! - an execution that started since the previous poll is found by `created_after=<watermark>`.
-//!   That listing is skipped when the workflow list proves it would add nothing: the growth of
-//!   `execution_count` equals the number of new executions already seen in the live lists.
+//! - executions that started since the previous poll are counted from the growth of the
+//!   workflow's `execution_count`: the new ones seen in the live lists, plus those that already
+//!   finished, whose outcome comes from the same `status=failed` listing (not failed: ended).
+//!   Only without a comparable `execution_count` are they listed by `created_after=<watermark>`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -54,6 +55,11 @@ pub enum RecentQuery {
     From(OffsetDateTime),
     /// List every execution of the workflow.
     All,
+    /// `unseen` executions started since `after` (exclusive) and already left the live
+    /// statuses before this poll saw them. Only their outcome is missing: the failed ones are
+    /// in a `status=failed&created_after=` listing (which can also classify the executions
+    /// that vanished from the live lists); the rest ended.
+    Failed { after: OffsetDateTime, unseen: u64 },
 }
 
 /// What one poll saw of one workflow (project mode).
@@ -66,6 +72,9 @@ pub struct WorkflowObservation {
     pub recent: Vec<Execution>,
     /// Outcome of executions that left the live lists, by id; missing ids ended.
     pub outcomes: HashMap<String, ExecutionStatus>,
+    /// Executions that started and ended since the last poll, known only by
+    /// `execution_count` (see [`RecentQuery::Failed`]).
+    pub unseen_ended: u64,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -183,32 +192,85 @@ impl Tracker {
         let Some(watermark) = self.counting_from(wf) else {
             return RecentQuery::Skip;
         };
-        let track = self.workflows.get(wf.id.as_str());
-        let prev_count = track.map_or(Some(0), |t| t.execution_count);
-        // The counts are comparable when the watermark is the list's last_executed_at, or
-        // when the workflow had no execution at all.
-        let comparable = watermark.is_none() || track.is_none_or(|t| t.watermark_from_list);
-        let now = wf.last_executed_at.map(micros);
-        if let (Some(prev), Some(count), true) = (prev_count, wf.execution_count, comparable) {
-            let mut seen: HashSet<&str> = track
-                .map(|t| t.ahead.iter().map(String::as_str).collect())
-                .unwrap_or_default();
-            for row in live {
-                let started = row.started_at.map(micros);
-                if started
-                    .is_some_and(|s| watermark.is_none_or(|w| s > w) && now.is_none_or(|n| s <= n))
-                {
-                    seen.insert(row.id.as_str());
+        if let Some(seen) = self.seen_new(wf, watermark, live) {
+            let grown = match (self.workflows.get(wf.id.as_str()), wf.execution_count) {
+                (Some(track), Some(count)) => {
+                    track.execution_count.and_then(|p| count.checked_sub(p))
                 }
-            }
-            if count.checked_sub(prev) == Some(seen.len() as u64) {
-                return RecentQuery::Skip;
+                (None, Some(count)) => Some(count),
+                _ => None,
+            };
+            match (grown, watermark) {
+                (Some(g), _) if g == seen.len() as u64 => return RecentQuery::Skip,
+                (Some(g), Some(w)) if g > seen.len() as u64 => {
+                    return RecentQuery::Failed {
+                        after: from_micros(w),
+                        unseen: g - seen.len() as u64,
+                    };
+                }
+                _ => {}
             }
         }
         let Some(watermark) = watermark else {
             return RecentQuery::All;
         };
         RecentQuery::From(from_micros(watermark))
+    }
+
+    /// When `execution_count` can be compared with the previous poll's: the executions it
+    /// counts since then that are already known (counted ahead, or in the live rows).
+    fn seen_new<'a>(
+        &'a self,
+        wf: &Workflow,
+        watermark: Option<Micros>,
+        live: &'a [Execution],
+    ) -> Option<HashSet<&'a str>> {
+        let track = self.workflows.get(wf.id.as_str());
+        // The counts are comparable when the watermark is the list's last_executed_at, or
+        // when the workflow had no execution at all.
+        let comparable = watermark.is_none() || track.is_none_or(|t| t.watermark_from_list);
+        if !comparable || wf.execution_count.is_none() {
+            return None;
+        }
+        let now = wf.last_executed_at.map(micros);
+        let mut seen: HashSet<&str> = track
+            .map(|t| t.ahead.iter().map(String::as_str).collect())
+            .unwrap_or_default();
+        for row in live {
+            if self.in_count_window(row, watermark, now) {
+                seen.insert(row.id.as_str());
+            }
+        }
+        Some(seen)
+    }
+
+    /// Whether a row started after the watermark and by the workflow list's last_executed_at.
+    fn in_count_window(
+        &self,
+        row: &Execution,
+        watermark: Option<Micros>,
+        now: Option<Micros>,
+    ) -> bool {
+        row.started_at
+            .map(micros)
+            .is_some_and(|s| watermark.is_none_or(|w| s > w) && now.is_none_or(|n| s <= n))
+    }
+
+    /// Of the rows of a `status=failed` listing, how many are among the `unseen` executions of
+    /// [`RecentQuery::Failed`]: started in the count window and not known yet.
+    pub fn unseen_failed(&self, wf: &Workflow, after: OffsetDateTime, failed: &[Execution]) -> u64 {
+        let track = self.workflows.get(wf.id.as_str());
+        let now = wf.last_executed_at.map(micros);
+        failed
+            .iter()
+            .filter(|r| r.status == ExecutionStatus::Failed)
+            .filter(|r| self.in_count_window(r, Some(micros(after)), now))
+            .filter(|r| {
+                track.is_none_or(|t| !t.ahead.contains(&r.id) && !t.live.contains_key(&r.id))
+            })
+            .map(|r| r.id.as_str())
+            .collect::<HashSet<_>>()
+            .len() as u64
     }
 
     /// Executions that were live at the last poll and appear in neither listing now: they
@@ -304,6 +366,14 @@ impl Tracker {
             let is_new = !known && started.is_some_and(|s| watermark.is_none_or(|w| s > w));
             self.counters
                 .count(&wf_id, is_new, prev.map(|p| p.status), row.status);
+        }
+        if counting.is_some() && obs.unseen_ended > 0 {
+            *self.counters.started.entry(wf_id.clone()).or_default() += obs.unseen_ended;
+            *self
+                .counters
+                .finished
+                .entry((wf_id.clone(), ExecutionStatus::Ended))
+                .or_default() += obs.unseen_ended;
         }
         if counting.is_some() {
             for (id, exec) in &prev_live {

@@ -1,0 +1,174 @@
+//! Regression check on the API budget (the fast, deterministic part of `benches/scale.rs`):
+//! requests per poll stay within 10 % of the lower bound for the same information while the
+//! simulated world evolves (executions start, hand off, end and fail between polls), the counts
+//! equal the ground truth, and conversation mode costs one request per conversation.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use kapso_exporter::clock::Clock;
+use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator, SimulatorConfig};
+use support::{Harness, KEY, get, parse, test_start};
+
+const PAGE: u64 = 100;
+
+fn world(clock: &Clock) -> Simulator {
+    let sim = Simulator::new(
+        SimulatorConfig {
+            api_key: KEY.to_owned(),
+            workflows: 6,
+            conversations: 60,
+            live_executions: 900,
+            terminal_executions: 300,
+            seed: 11,
+            rate_limit_per_minute: None,
+            latency: Duration::ZERO,
+        },
+        clock.clone(),
+    );
+    sim.set_finish_rate(60.0);
+    sim
+}
+
+/// The workflow list, every page of every (workflow, live status) list, and one request per
+/// workflow with executions that finished since the previous poll.
+fn lower_bound(truth: &GroundTruth, finished: &BTreeMap<String, u64>) -> u64 {
+    // `GET /workflows` has no paging.
+    let list = 1;
+    let pages: u64 = truth.live.values().map(|n| n.div_ceil(PAGE).max(1)).sum();
+    list + pages + finished.values().filter(|n| **n > 0).count() as u64
+}
+
+fn finished_between(before: &GroundTruth, after: &GroundTruth) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for ((wf, s), n) in &after.finished {
+        let was = before.finished.get(&(wf.clone(), *s)).copied().unwrap_or(0);
+        *out.entry(wf.clone()).or_default() += n - was;
+    }
+    out
+}
+
+async fn requests_per_poll(h: &Harness) -> u64 {
+    let s = parse(&h.scrape().await);
+    get(&s, "kapso_api_requests_per_poll", &[("project", "default")]).unwrap() as u64
+}
+
+/// Live counts and the started and finished counters equal the ground truth; hand-offs can
+/// only be missed (one entered and left between two polls is invisible to any poller).
+async fn assert_counts(h: &Harness, truth: &GroundTruth) {
+    let samples = parse(&h.scrape().await);
+    for w in &truth.workflows {
+        let wl = [
+            ("project", "default"),
+            ("workflow_id", w.id.as_str()),
+            ("workflow", w.name.as_str()),
+        ];
+        for s in [
+            ExecStatus::Running,
+            ExecStatus::Waiting,
+            ExecStatus::Handoff,
+        ] {
+            let mut l = wl.to_vec();
+            l.push(("status", s.as_str()));
+            assert_eq!(
+                get(&samples, "kapso_workflow_executions", &l),
+                Some(truth.live_count(&w.id, s) as f64),
+                "{} {s}",
+                w.name
+            );
+        }
+        for s in [ExecStatus::Ended, ExecStatus::Failed] {
+            let mut l = wl.to_vec();
+            l.push(("status", s.as_str()));
+            let want = truth.finished.get(&(w.id.clone(), s)).copied().unwrap_or(0);
+            assert_eq!(
+                get(&samples, "kapso_workflow_executions_finished_total", &l),
+                Some(want as f64),
+                "{} {s}",
+                w.name
+            );
+        }
+        assert_eq!(
+            get(&samples, "kapso_workflow_executions_started_total", &wl),
+            Some(truth.started[&w.id] as f64),
+            "started of {}",
+            w.name
+        );
+        let handoffs = get(&samples, "kapso_workflow_execution_handoffs_total", &wl).unwrap();
+        assert!(handoffs <= truth.handoffs[&w.id] as f64, "{}", w.name);
+    }
+}
+
+#[tokio::test]
+async fn project_mode_requests_stay_near_the_lower_bound() {
+    let clock = Clock::manual(test_start());
+    let sim = world(&clock);
+    sim.mark();
+    let mut h = Harness::new(sim, clock.clone(), &[]).await;
+    let mut truth = h.sim.ground_truth();
+    let mut finished = BTreeMap::new();
+    let mut spent = 0;
+    let mut bound_total = 0;
+    for poll in 0..8 {
+        let before = h.sim.stats().total;
+        h.poll().await;
+        let requests = h.sim.stats().total - before;
+        assert_eq!(requests_per_poll(&h).await, requests);
+        let bound = lower_bound(&truth, &finished);
+        eprintln!("poll {poll}: {requests} requests, lower bound {bound}");
+        assert!(
+            bound <= requests && requests * 10 <= bound * 11,
+            "poll {poll}: {requests} requests, lower bound {bound}"
+        );
+        if poll == 0 {
+            // Nothing to classify at the baseline: exactly the bound.
+            assert_eq!(requests, bound);
+        }
+        spent += requests;
+        bound_total += bound;
+        assert_counts(&h, &truth).await;
+        clock.advance(Duration::from_secs(60));
+        h.sim.tick(Duration::from_secs(60));
+        let next = h.sim.ground_truth();
+        finished = finished_between(&truth, &next);
+        truth = next;
+    }
+    // The world did evolve: executions finished in several workflows.
+    assert!(truth.finished.values().sum::<u64>() > 100);
+    assert!(
+        spent * 10 <= bound_total * 11,
+        "{spent} requests over all polls, lower bound {bound_total}"
+    );
+}
+
+#[tokio::test]
+async fn conversation_mode_costs_one_request_per_conversation() {
+    let clock = Clock::manual(test_start());
+    let sim = world(&clock);
+    let mut project = Harness::new(sim.clone(), clock.clone(), &[]).await;
+    project.poll().await;
+    let project_requests = requests_per_poll(&project).await;
+    let mut conv = Harness::new(
+        sim,
+        clock.clone(),
+        &["--kapso.discover-conversations", "30d"],
+    )
+    .await;
+    let before = conv.sim.stats();
+    conv.poll().await;
+    let after = conv.sim.stats();
+    let conversations = 60;
+    // One page of 60 discovered conversations, then one page of executions each.
+    assert_eq!(
+        after.count("/whatsapp/conversations") - before.count("/whatsapp/conversations"),
+        1
+    );
+    let listed = after.count("/whatsapp/conversations/{conversation_id}/flow_executions")
+        - before.count("/whatsapp/conversations/{conversation_id}/flow_executions");
+    assert_eq!(listed, conversations);
+    assert_eq!(requests_per_poll(&conv).await, 1 + conversations);
+    assert!(project_requests < 1 + conversations);
+}
