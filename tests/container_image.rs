@@ -224,10 +224,7 @@ fn build_context_holds_what_the_release_build_needs() {
     let inside = |path: &Path| included.iter().any(|inc| path.starts_with(inc));
     for line in read("Cargo.toml").lines().map(str::trim) {
         assert!(
-            !matches!(
-                line,
-                "[[test]]" | "[[example]]" | "[workspace]"
-            ),
+            !matches!(line, "[[test]]" | "[[example]]" | "[workspace]"),
             "Cargo.toml declares {line}, whose files the Docker build context lacks: \
              let them in through .dockerignore and adjust this test (a [[bench]] must name \
              its `path`, checked below)"
