@@ -15,13 +15,15 @@ use std::fs;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use grafana::{panels, variables};
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 
 mod grafana;
+mod support;
+
+use support::TempDir;
 
 const RUNBOOK_BASE: &str =
     "https://github.com/kapso-exporter/kapso-exporter/blob/main/docs/runbooks.md";
@@ -161,27 +163,6 @@ fn run_ok(command: &mut Command) -> String {
         output.status
     );
     stdout
-}
-
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(prefix: &str) -> Self {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .expect("the clock is before 1970")
-            .as_nanos();
-        let dir = std::env::temp_dir().join(format!("{prefix}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&dir).expect("failed to create a temp dir");
-        Self(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
 }
 
 // ------------------------------------------------------------------------------------------------

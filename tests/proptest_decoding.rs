@@ -6,8 +6,9 @@
 //! `PROPTEST_CASES=10000 cargo test --test proptest_decoding` runs a longer search.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,6 +23,7 @@ use kapso_exporter::kapso::{ApiError, ApiKey, Client, Execution, ExecutionStatus
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{Value, json};
+use support::TempDir;
 use time::OffsetDateTime;
 
 /// Proptest's defaults (which read `PROPTEST_CASES`), with shrinking bounded in time.
@@ -410,28 +412,9 @@ fn paging_always_ends_and_sends_cursors_back_verbatim() {
 
 const SECRET: &str = "sk-proptest-5ecret-c0nfig";
 
-/// A fresh temporary directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("kapso-proptest-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Loads `text` as the configuration file, with the key in the environment.
 fn load(text: &str) -> Result<Config, String> {
-    let dir = TempDir::new();
+    let dir = TempDir::new("kapso-proptest");
     let path = dir.0.join("config.yml");
     std::fs::write(&path, text).unwrap();
     let cli = Cli {

@@ -6,7 +6,7 @@
 mod support;
 
 use std::io::{Read as _, Write as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -17,33 +17,9 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use support::KEY;
+use support::{KEY, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kapso-exporter");
-
-/// A temporary directory removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("kx-web-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.0.join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// PEM files of a test PKI: a CA, a server certificate for 127.0.0.1 and localhost, a client
 /// certificate from that CA and one from an unrelated CA.
@@ -175,7 +151,7 @@ fn raw_exchange(addr: std::net::SocketAddr, request: &[u8]) -> Vec<u8> {
 #[tokio::test]
 async fn tls_scrape_works_and_plain_http_on_the_tls_port_is_refused_cleanly() {
     let pki = pki();
-    let dir = TempDir::new("tls");
+    let dir = TempDir::new("kx-web-tls");
     pki.write(&dir);
     // Relative paths are relative to the web config file, as in exporter-toolkit.
     let web = dir.write(
@@ -278,7 +254,7 @@ async fn trusted_by(port: u16, cas: &[&str]) -> Vec<bool> {
 async fn a_renewed_certificate_is_picked_up_and_a_broken_one_ignored() {
     let old = pki();
     let new = pki();
-    let dir = TempDir::new("renew");
+    let dir = TempDir::new("kx-web-renew");
     old.write(&dir);
     let web = dir.write(
         "web.yml",
@@ -311,7 +287,7 @@ async fn a_renewed_certificate_is_picked_up_and_a_broken_one_ignored() {
 #[tokio::test]
 async fn client_certificates_are_required_and_verified() {
     let pki = pki();
-    let dir = TempDir::new("mtls");
+    let dir = TempDir::new("kx-web-mtls");
     pki.write(&dir);
     let web = dir.write(
         "web.yml",
@@ -385,7 +361,7 @@ async fn client_certificates_are_required_and_verified() {
 #[tokio::test]
 async fn basic_auth_guards_every_endpoint_and_headers_are_added() {
     let pki = pki();
-    let dir = TempDir::new("auth");
+    let dir = TempDir::new("kx-web-auth");
     pki.write(&dir);
     let hash = bcrypt::hash("s3cret", 4).unwrap();
     let web = dir.write(
@@ -431,7 +407,7 @@ async fn basic_auth_guards_every_endpoint_and_headers_are_added() {
 
 #[tokio::test]
 async fn rate_limit_answers_429_past_the_burst() {
-    let dir = TempDir::new("rate");
+    let dir = TempDir::new("kx-web-rate");
     let web = dir.write("web.yml", "rate_limit:\n  interval: 1h\n  burst: 2\n");
     let exporter = start(&web).await;
     let url = format!("http://{}/-/healthy", exporter.addr());
@@ -447,7 +423,7 @@ async fn rate_limit_answers_429_past_the_burst() {
 #[tokio::test]
 async fn request_client_cert_asks_without_verifying() {
     let pki = pki();
-    let dir = TempDir::new("anycert");
+    let dir = TempDir::new("kx-web-anycert");
     pki.write(&dir);
     let web = dir.write(
         "web.yml",
@@ -469,7 +445,7 @@ async fn request_client_cert_asks_without_verifying() {
 #[test]
 fn bad_web_config_files_are_one_line_and_exit_64() {
     let pki = pki();
-    let dir = TempDir::new("bad");
+    let dir = TempDir::new("kx-web-bad");
     pki.write(&dir);
     let other = ca("other");
     let (other_cert, _) = leaf(&other, &["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
@@ -579,7 +555,7 @@ fn bad_web_config_files_are_one_line_and_exit_64() {
 #[tokio::test]
 async fn a_silent_client_cannot_hold_the_tls_handshake() {
     let pki = pki();
-    let dir = TempDir::new("handshake");
+    let dir = TempDir::new("kx-web-handshake");
     pki.write(&dir);
     let web = dir.write(
         "web.yml",
