@@ -203,3 +203,43 @@ async fn a_large_exposition_streams_the_same_text() {
         assert_eq!(body.ends_with("# EOF\n"), openmetrics);
     }
 }
+
+/// `--metrics.max-conversations` keeps the most stalled conversations: oldest waiting or
+/// handoff event first, then those with only running executions; `kapso_conversations_live`
+/// counts them all.
+#[tokio::test]
+async fn the_conversation_cap_keeps_the_most_stalled() {
+    let clock = Clock::manual(test_start());
+    let sim = Simulator::empty(KEY, clock.clone());
+    let wf = sim.add_workflow("Support", "active");
+    let running_oldest = sim.add_conversation();
+    sim.start_execution(&wf, Some(&running_oldest), ExecStatus::Running);
+    clock.advance(Duration::from_secs(60));
+    let waiting_old = sim.add_conversation();
+    sim.start_execution(&wf, Some(&waiting_old), ExecStatus::Waiting);
+    sim.start_execution(&wf, Some(&waiting_old), ExecStatus::Running);
+    clock.advance(Duration::from_secs(60));
+    let handoff = sim.add_conversation();
+    sim.start_execution(&wf, Some(&handoff), ExecStatus::Handoff);
+    clock.advance(Duration::from_secs(60));
+    let waiting_new = sim.add_conversation();
+    sim.start_execution(&wf, Some(&waiting_new), ExecStatus::Waiting);
+    clock.advance(Duration::from_secs(60));
+    let mut h = Harness::new(sim, clock, &["--metrics.max-conversations", "2"]).await;
+    h.poll().await;
+    let s = parse(&h.scrape().await);
+    let shown = |c: &str| {
+        support::series(&s, "kapso_conversation_workflow_executions")
+            .filter(|(labels, _)| labels.get("conversation_id").map(String::as_str) == Some(c))
+            .count()
+    };
+    // Both series (running and waiting) of the oldest waiting conversation.
+    assert_eq!(shown(&waiting_old), 2);
+    assert_eq!(shown(&handoff), 1);
+    assert_eq!(shown(&waiting_new), 0);
+    assert_eq!(shown(&running_oldest), 0);
+    assert_eq!(
+        get(&s, "kapso_conversations_live", &[("project", "default")]),
+        Some(4.0)
+    );
+}
