@@ -19,10 +19,12 @@ use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Body;
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use futures::StreamExt as _;
 use prometheus_client::registry::Registry;
 
 use crate::config::VERSION;
@@ -51,35 +53,93 @@ pub fn router(registry: Registry, projects: Vec<SharedProject>, telemetry_path: 
         .with_state(state)
 }
 
+/// Bytes of exposition per chunk of a `/metrics` answer.
+const CHUNK: usize = 256 * 1024;
+/// Chunks rendered ahead of the client.
+const CHUNKS_AHEAD: usize = 4;
+
+/// One piece of the exposition, and whether it is the last.
+type Piece = Result<(Bytes, bool), std::io::Error>;
+
+/// Sends the exposition on in chunks as it is rendered, so a scrape holds a few chunks instead
+/// of the whole text.
+struct ChunkWriter {
+    buf: String,
+    tx: tokio::sync::mpsc::Sender<Piece>,
+}
+
+impl ChunkWriter {
+    fn send(&mut self, last: bool) -> std::fmt::Result {
+        let chunk = std::mem::replace(
+            &mut self.buf,
+            String::with_capacity(if last { 0 } else { CHUNK + 4096 }),
+        );
+        // The receiver is gone when the client went away: stop rendering.
+        self.tx
+            .blocking_send(Ok((Bytes::from(chunk), last)))
+            .map_err(|_| std::fmt::Error)
+    }
+}
+
+impl std::fmt::Write for ChunkWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.buf.push_str(s);
+        if self.buf.len() >= CHUNK {
+            self.send(false)?;
+        }
+        Ok(())
+    }
+}
+
 async fn metrics_handler(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let openmetrics = metrics::wants_openmetrics(accept);
     let registry = app.registry.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(CHUNKS_AHEAD);
     // Encoding large snapshots is CPU work; keep it off the async workers.
-    let rendered =
-        tokio::task::spawn_blocking(move || metrics::render(&registry, openmetrics)).await;
-    match rendered {
-        Ok(Ok(body)) => {
-            let content_type = if openmetrics {
-                metrics::OPENMETRICS_CONTENT_TYPE
-            } else {
-                metrics::TEXT_CONTENT_TYPE
-            };
-            let mut response = Response::new(Body::from(body));
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
-            response
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChunkWriter {
+            buf: String::with_capacity(CHUNK + 4096),
+            tx,
+        };
+        let rendered = metrics::render_into(&registry, openmetrics, &mut out);
+        if rendered.and_then(|()| out.send(true)).is_err() {
+            let _ = out
+                .tx
+                .blocking_send(Err(std::io::Error::other("encoding metrics failed")));
         }
-        _ => {
+    });
+    // A failure before the first chunk is still a 500; a later one aborts the body.
+    let body = match rx.recv().await {
+        Some(Ok((chunk, true))) => Body::from(chunk),
+        Some(Ok((chunk, false))) => {
+            let rest = futures::stream::unfold(rx, |mut rx| async move {
+                match rx.recv().await? {
+                    Ok((chunk, _)) => Some((Ok(chunk), rx)),
+                    Err(e) => Some((Err(e), rx)),
+                }
+            });
+            Body::from_stream(futures::stream::once(async { Ok(chunk) }).chain(rest))
+        }
+        Some(Err(_)) | None => {
             tracing::error!("encoding metrics failed");
-            (
+            return (
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "encoding metrics failed\n",
             )
-                .into_response()
+                .into_response();
         }
-    }
+    };
+    let content_type = if openmetrics {
+        metrics::OPENMETRICS_CONTENT_TYPE
+    } else {
+        metrics::TEXT_CONTENT_TYPE
+    };
+    let mut response = Response::new(body);
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
 }
 
 async fn ready(State(app): State<AppState>) -> Response {

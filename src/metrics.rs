@@ -6,7 +6,6 @@
 
 use std::fmt::Write as _;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -51,19 +50,18 @@ pub fn registry(
     registry
 }
 
-/// Renders the registry in the classic text format or OpenMetrics.
-pub fn render(registry: &Registry, openmetrics: bool) -> Result<String, std::fmt::Error> {
-    // Sized from the previous scrape, so a large exposition is not copied as it grows.
-    static LAST_LEN: AtomicUsize = AtomicUsize::new(0);
-    let hint = LAST_LEN.load(Ordering::Relaxed);
-    let mut out = String::with_capacity(hint + hint / 16);
+/// Renders the registry in the classic text format or OpenMetrics into `out` (which may send
+/// it on in pieces: the exposition at scale L is 66 MiB).
+pub fn render_into<W: std::fmt::Write>(
+    registry: &Registry,
+    openmetrics: bool,
+    out: &mut W,
+) -> std::fmt::Result {
     if openmetrics {
-        prometheus_client::encoding::text::encode(&mut out, registry)?;
+        prometheus_client::encoding::text::encode(out, registry)
     } else {
-        prometheus_client::encoding::prometheus_text::encode(&mut out, registry)?;
+        prometheus_client::encoding::prometheus_text::encode(out, registry)
     }
-    LAST_LEN.store(out.len(), Ordering::Relaxed);
-    Ok(out)
 }
 
 /// Whether an `Accept` header asks for OpenMetrics (as Prometheus does when it prefers it).

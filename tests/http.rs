@@ -8,6 +8,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request};
 use kapso_exporter::clock::Clock;
+use kapso_exporter::metrics;
 use kapso_exporter::simulator::{ExecStatus, Faults, Simulator};
 use support::{Harness, KEY, get, parse, test_start};
 use tower::ServiceExt;
@@ -165,5 +166,80 @@ async fn failed_polls_keep_the_last_good_state_and_show_its_age() {
             &[("project", "default"), ("result", "error")]
         ),
         Some(2.0)
+    );
+}
+
+/// A large exposition is sent in chunks as it is rendered: the body is exactly the text one
+/// render gives, in both formats.
+#[tokio::test]
+async fn a_large_exposition_streams_the_same_text() {
+    let clock = Clock::manual(test_start());
+    let sim = Simulator::empty(KEY, clock.clone());
+    let wf = sim.add_workflow("Support", "active");
+    for _ in 0..3000 {
+        let conv = sim.add_conversation();
+        sim.start_execution(&wf, Some(&conv), ExecStatus::Waiting);
+    }
+    let mut h = Harness::new(
+        sim,
+        clock.clone(),
+        &["--metrics.max-conversations", "10000"],
+    )
+    .await;
+    h.poll().await;
+    let thresholds = support::config(&[]).stall_thresholds;
+    let registry = metrics::registry(h.exporter.projects.clone(), clock, &thresholds);
+    for (accept, openmetrics) in [
+        (None, false),
+        (Some("application/openmetrics-text; version=1.0.0"), true),
+    ] {
+        let (_, body) = support::scrape(&h.exporter.router, accept).await;
+        let mut want = String::new();
+        metrics::render_into(&registry, openmetrics, &mut want).unwrap();
+        // Several chunks of 256 KiB.
+        assert!(want.len() > 3 * 256 * 1024, "only {} bytes", want.len());
+        assert_eq!(body.len(), want.len());
+        assert!(body == want, "the streamed body differs from one render");
+        assert_eq!(body.ends_with("# EOF\n"), openmetrics);
+    }
+}
+
+/// `--metrics.max-conversations` keeps the most stalled conversations: oldest waiting or
+/// handoff event first, then those with only running executions; `kapso_conversations_live`
+/// counts them all.
+#[tokio::test]
+async fn the_conversation_cap_keeps_the_most_stalled() {
+    let clock = Clock::manual(test_start());
+    let sim = Simulator::empty(KEY, clock.clone());
+    let wf = sim.add_workflow("Support", "active");
+    let running_oldest = sim.add_conversation();
+    sim.start_execution(&wf, Some(&running_oldest), ExecStatus::Running);
+    clock.advance(Duration::from_secs(60));
+    let waiting_old = sim.add_conversation();
+    sim.start_execution(&wf, Some(&waiting_old), ExecStatus::Waiting);
+    sim.start_execution(&wf, Some(&waiting_old), ExecStatus::Running);
+    clock.advance(Duration::from_secs(60));
+    let handoff = sim.add_conversation();
+    sim.start_execution(&wf, Some(&handoff), ExecStatus::Handoff);
+    clock.advance(Duration::from_secs(60));
+    let waiting_new = sim.add_conversation();
+    sim.start_execution(&wf, Some(&waiting_new), ExecStatus::Waiting);
+    clock.advance(Duration::from_secs(60));
+    let mut h = Harness::new(sim, clock, &["--metrics.max-conversations", "2"]).await;
+    h.poll().await;
+    let s = parse(&h.scrape().await);
+    let shown = |c: &str| {
+        support::series(&s, "kapso_conversation_workflow_executions")
+            .filter(|(labels, _)| labels.get("conversation_id").map(String::as_str) == Some(c))
+            .count()
+    };
+    // Both series (running and waiting) of the oldest waiting conversation.
+    assert_eq!(shown(&waiting_old), 2);
+    assert_eq!(shown(&handoff), 1);
+    assert_eq!(shown(&waiting_new), 0);
+    assert_eq!(shown(&running_oldest), 0);
+    assert_eq!(
+        get(&s, "kapso_conversations_live", &[("project", "default")]),
+        Some(4.0)
     );
 }

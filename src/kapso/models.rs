@@ -111,8 +111,9 @@ pub struct Execution {
     pub started_at: Option<OffsetDateTime>,
     #[serde(default, deserialize_with = "lenient_timestamp")]
     pub last_event_at: Option<OffsetDateTime>,
+    /// Boxed: a poll holds every live row, and most rows have no use for it.
     #[serde(default, deserialize_with = "lenient_workflow")]
-    pub workflow: Option<WorkflowMinimal>,
+    pub workflow: Option<Box<WorkflowMinimal>>,
 }
 
 fn unknown_status() -> ExecutionStatus {
@@ -214,9 +215,11 @@ fn lenient_timestamp<'de, D: Deserializer<'de>>(d: D) -> Result<Option<OffsetDat
     })
 }
 
-fn lenient_workflow<'de, D: Deserializer<'de>>(d: D) -> Result<Option<WorkflowMinimal>, D::Error> {
+fn lenient_workflow<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<WorkflowMinimal>>, D::Error> {
     let v = serde_json::Value::deserialize(d)?;
-    Ok(serde_json::from_value(v).ok())
+    Ok(serde_json::from_value(v).ok().map(Box::new))
 }
 
 #[cfg(test)]

@@ -174,7 +174,16 @@ async fn observe_workflow(
         )
     }))
     .await?;
-    let live: Vec<Execution> = live_lists.into_iter().flatten().collect();
+    // The poll holds every live row until it commits (200,000 at scale L): keep only what the
+    // tracker reads. The embedded workflow summary is the workflow listed here.
+    let live: Vec<Execution> = live_lists
+        .into_iter()
+        .flatten()
+        .map(|mut row| {
+            row.workflow = None;
+            row
+        })
+        .collect();
     let query = tracker.recent_query(&workflow, &live);
     if let RecentQuery::Failed { after, unseen } = query {
         if let Some(obs) = observe_unseen(client, tracker, &workflow, &live, after, unseen).await? {

@@ -530,8 +530,12 @@ impl Tracker {
                 snap.live.insert((id.clone(), s), LiveBucket::default());
             }
         }
-        type ConvKey = (Arc<str>, Arc<str>, ExecutionStatus);
-        let mut per_conv: HashMap<ConvKey, (u64, Option<Micros>)> = HashMap::new();
+        // One entry per live execution with a conversation, sorted by (conversation,
+        // workflow, status), then folded into one series per key: a flat vector is a fraction
+        // of a hash map's size at scale L (200,000 executions).
+        /// (conversation, workflow, status, last event) of one execution.
+        type ExecKey<'a> = (&'a Arc<str>, &'a Arc<str>, ExecutionStatus, Option<Micros>);
+        let mut per_exec: Vec<ExecKey<'_>> = Vec::new();
         for e in self.live_execs() {
             let bucket = snap
                 .live
@@ -542,56 +546,58 @@ impl Tracker {
                 bucket.last_events.push(t);
             }
             if let Some(c) = &e.conversation_id {
-                let entry = per_conv
-                    .entry((c.clone(), e.workflow_id.clone(), e.status))
-                    .or_insert((0, None));
-                entry.0 += 1;
-                entry.1 = match (entry.1, e.last_event_at) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                per_exec.push((c, &e.workflow_id, e.status, e.last_event_at));
             }
         }
         for bucket in snap.live.values_mut() {
             bucket.last_events.sort_unstable();
         }
-        // Rank conversations by their oldest waiting/handoff event (most stalled first), then
-        // those with only running executions; keep the first `max_conversations`.
-        let mut rank: HashMap<Arc<str>, (bool, Micros)> = HashMap::new();
-        for ((c, _, status), (_, oldest)) in &per_conv {
-            let stallable = ExecutionStatus::STALLABLE.contains(status);
-            let key = (!stallable, oldest.unwrap_or(i64::MAX));
-            let r = rank.entry(c.clone()).or_insert(key);
-            *r = (*r).min(key);
-        }
-        snap.conversations_total = rank.len();
-        let mut ranked: Vec<(Arc<str>, (bool, Micros))> = rank.into_iter().collect();
-        ranked.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
-        let kept: HashSet<Arc<str>> = ranked
-            .into_iter()
-            .take(max_conversations)
-            .map(|(c, _)| c)
-            .collect();
-        snap.conversations = per_conv
-            .into_iter()
-            .filter(|((c, _, _), _)| kept.contains(c))
-            .map(
-                |((conversation_id, workflow_id, status), (count, oldest))| ConversationSeries {
-                    conversation_id,
-                    workflow_id,
+        per_exec.sort_unstable_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+        let mut series: Vec<ConversationSeries> = Vec::new();
+        for (c, wf, status, last) in per_exec {
+            match series.last_mut() {
+                Some(s)
+                    if s.conversation_id == *c && s.workflow_id == *wf && s.status == status =>
+                {
+                    s.count += 1;
+                    s.oldest_last_event = match (s.oldest_last_event, last) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                }
+                _ => series.push(ConversationSeries {
+                    conversation_id: c.clone(),
+                    workflow_id: wf.clone(),
                     status,
-                    count,
-                    oldest_last_event: oldest,
-                },
-            )
-            .collect();
-        snap.conversations.sort_by(|a, b| {
-            (&a.conversation_id, &a.workflow_id, a.status).cmp(&(
-                &b.conversation_id,
-                &b.workflow_id,
-                b.status,
-            ))
-        });
+                    count: 1,
+                    oldest_last_event: last,
+                }),
+            }
+        }
+        // Rank conversations by their oldest waiting/handoff event (most stalled first), then
+        // those with only running executions; keep the first `max_conversations`. A
+        // conversation's series are adjacent.
+        let mut ranked: Vec<(Arc<str>, (bool, Micros))> = Vec::new();
+        for s in &series {
+            let stallable = ExecutionStatus::STALLABLE.contains(&s.status);
+            let key = (!stallable, s.oldest_last_event.unwrap_or(i64::MAX));
+            match ranked.last_mut() {
+                Some((c, r)) if *c == s.conversation_id => *r = (*r).min(key),
+                _ => ranked.push((s.conversation_id.clone(), key)),
+            }
+        }
+        snap.conversations_total = ranked.len();
+        if ranked.len() > max_conversations {
+            ranked.sort_by(|a, b| a.1.cmp(&b.1).then_with(|| a.0.cmp(&b.0)));
+            let kept: HashSet<Arc<str>> = ranked
+                .into_iter()
+                .take(max_conversations)
+                .map(|(c, _)| c)
+                .collect();
+            series.retain(|s| kept.contains(&s.conversation_id));
+        }
+        series.shrink_to_fit();
+        snap.conversations = series;
         snap.started = self.counters.started.clone();
         snap.finished = self.counters.finished.clone();
         snap.handoffs = self.counters.handoffs.clone();
