@@ -160,6 +160,12 @@ impl Tracker {
         self.baseline.is_some()
     }
 
+    /// Forgets interned ids nothing holds any more (conversations and executions come and go;
+    /// without this the set would grow for as long as the exporter runs).
+    fn release_unused(&mut self) {
+        self.interned.retain(|s| Arc::strong_count(s) > 1);
+    }
+
     fn intern(&mut self, s: &str) -> Arc<str> {
         if let Some(a) = self.interned.get(s) {
             return a.clone();
@@ -322,6 +328,7 @@ impl Tracker {
             };
             self.commit_workflow(obs, counting);
         }
+        self.release_unused();
         self.baseline.get_or_insert(micros(now));
     }
 
@@ -458,6 +465,7 @@ impl Tracker {
         for wf_id in self.workflows.keys() {
             self.counters.zero_fill(wf_id);
         }
+        self.release_unused();
         self.baseline.get_or_insert(micros(now));
     }
 
@@ -602,5 +610,44 @@ impl Tracker {
         snap.finished = self.counters.finished.clone();
         snap.handoffs = self.counters.handoffs.clone();
         snap
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn row(id: &str, workflow: &str, conversation: &str) -> Execution {
+        serde_json::from_value(serde_json::json!({
+            "id": id,
+            "status": "waiting",
+            "started_at": "2026-11-24T10:00:00Z",
+            "last_event_at": "2026-11-24T10:00:00Z",
+            "workflow": {"id": workflow, "name": "Support"},
+            "whatsapp_conversation_id": conversation,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn ids_that_left_are_not_kept() {
+        let now = OffsetDateTime::now_utc();
+        let mut t = Tracker::new();
+        t.commit_conversations(
+            vec![
+                ("c-1".to_owned(), vec![row("e-1", "wf-1", "c-1")]),
+                ("c-2".to_owned(), vec![row("e-2", "wf-1", "c-2")]),
+            ],
+            now,
+        );
+        assert!(t.interned.contains("c-1") && t.interned.contains("c-2"));
+        t.commit_conversations(
+            vec![("c-2".to_owned(), vec![row("e-2", "wf-1", "c-2")])],
+            now,
+        );
+        assert!(!t.interned.contains("c-1"), "{:?}", t.interned);
+        assert!(t.interned.contains("c-2") && t.interned.contains("wf-1"));
     }
 }
