@@ -18,18 +18,12 @@ use std::time::{Duration, Instant};
 
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator, SimulatorConfig};
-use support::{KEY, Samples, get, parse, series};
+use support::{
+    KEY, STALLABLE, Samples, THRESHOLDS, finished_between, get, lower_bound, parse, series,
+};
 use time::OffsetDateTime;
 
 const LATENCY: Duration = Duration::from_millis(50);
-const PAGE: u64 = 100;
-const LIVE: [ExecStatus; 3] = [
-    ExecStatus::Running,
-    ExecStatus::Waiting,
-    ExecStatus::Handoff,
-];
-const STALLABLE: [ExecStatus; 2] = [ExecStatus::Waiting, ExecStatus::Handoff];
-const THRESHOLDS: [u64; 6] = [60, 300, 900, 3600, 14400, 86400];
 /// Tolerance for gauges computed from the wall clock at scrape time (two processes, two
 /// reads of the system clock).
 const CLOCK_SLACK: f64 = 3.0;
@@ -310,28 +304,6 @@ fn sim_config(scale: &Scale, limit: u32, latency: Duration) -> SimulatorConfig {
     }
 }
 
-/// The fewest requests that can show what one poll shows: the workflow list, every page of
-/// every (workflow, live status) list, and one request per workflow with executions that
-/// finished since the previous poll (their outcome cannot be known otherwise; new executions
-/// are counted from `execution_count`).
-fn lower_bound(truth: &GroundTruth, finished_since: &BTreeMap<String, u64>) -> u64 {
-    // `GET /workflows` has no paging: one request, whatever the number of workflows.
-    let workflows = 1;
-    let pages: u64 = truth.live.values().map(|n| n.div_ceil(PAGE).max(1)).sum();
-    let classify = finished_since.values().filter(|n| **n > 0).count() as u64;
-    workflows + pages + classify
-}
-
-/// Executions finished per workflow between two ground truths.
-fn finished_between(before: &GroundTruth, after: &GroundTruth) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for ((wf, s), n) in &after.finished {
-        let was = before.finished.get(&(wf.clone(), *s)).copied().unwrap_or(0);
-        *out.entry(wf.clone()).or_default() += n - was;
-    }
-    out
-}
-
 /// Compares every series of the metric contract with the ground truth; returns
 /// (series compared, mismatches as text).
 fn compare(samples: &Samples, truth: &GroundTruth, now: OffsetDateTime) -> (usize, Vec<String>) {
@@ -361,7 +333,7 @@ fn compare(samples: &Samples, truth: &GroundTruth, now: OffsetDateTime) -> (usiz
             ("workflow_id", w.id.as_str()),
             ("workflow", w.name.as_str()),
         ];
-        for s in LIVE {
+        for s in ExecStatus::LIVE {
             let mut l = wl.to_vec();
             l.push(("status", s.as_str()));
             let want = truth.live_count(&w.id, s) as f64;

@@ -8,16 +8,8 @@ use std::time::Duration;
 
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator};
-use support::{Harness, KEY, Samples, get, parse, series, test_start};
+use support::{Harness, KEY, STALLABLE, Samples, THRESHOLDS, get, parse, series, test_start};
 use time::OffsetDateTime;
-
-const LIVE: [ExecStatus; 3] = [
-    ExecStatus::Running,
-    ExecStatus::Waiting,
-    ExecStatus::Handoff,
-];
-const STALLABLE: [ExecStatus; 2] = [ExecStatus::Waiting, ExecStatus::Handoff];
-const THRESHOLDS: [u64; 6] = [60, 300, 900, 3600, 14400, 86400];
 
 fn close(a: f64, b: f64) -> bool {
     (a - b).abs() < 1e-3
@@ -52,8 +44,12 @@ fn assert_matches(
         .is_some();
         if !all_workflows && !known {
             assert!(
-                LIVE.iter()
-                    .all(|s| truth.live.get(&(w.id.clone(), *s)).copied().unwrap_or(0) == 0),
+                ExecStatus::LIVE.iter().all(|s| truth
+                    .live
+                    .get(&(w.id.clone(), *s))
+                    .copied()
+                    .unwrap_or(0)
+                    == 0),
                 "{} has live executions but no series",
                 w.name
             );
@@ -76,7 +72,7 @@ fn assert_matches(
             "info of {}",
             w.name
         );
-        for s in LIVE {
+        for s in ExecStatus::LIVE {
             let mut l = wl.to_vec();
             l.push(("status", s.as_str()));
             let want = truth.live.get(&(w.id.clone(), s)).copied().unwrap_or(0) as f64;

@@ -33,11 +33,6 @@ const ATTEMPTS: u32 = 3;
 const TIMEOUT: Duration = Duration::from_millis(500);
 const STEP: Duration = Duration::from_secs(60);
 const PROJECT: (&str, &str) = ("project", "default");
-const LIVE: [ExecStatus; 3] = [
-    ExecStatus::Running,
-    ExecStatus::Waiting,
-    ExecStatus::Handoff,
-];
 /// Metrics that carry the exporter's data (as opposed to its own health).
 const DATA: [&str; 8] = [
     "kapso_workflow_executions",
@@ -395,7 +390,7 @@ fn live_by_id(samples: &Samples) -> BTreeMap<(String, String), f64> {
 fn truth_live(truth: &GroundTruth, id: impl Fn(&str) -> String) -> BTreeMap<(String, String), f64> {
     let mut out = BTreeMap::new();
     for w in &truth.workflows {
-        for s in LIVE {
+        for s in ExecStatus::LIVE {
             out.insert(
                 (id(&w.id), s.as_str().to_owned()),
                 truth.live_count(&w.id, s) as f64,

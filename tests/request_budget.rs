@@ -11,9 +11,7 @@ use std::time::Duration;
 
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator, SimulatorConfig};
-use support::{Harness, KEY, get, parse, test_start};
-
-const PAGE: u64 = 100;
+use support::{Harness, KEY, finished_between, get, lower_bound, parse, test_start};
 
 fn world(clock: &Clock) -> Simulator {
     let sim = Simulator::new(
@@ -31,24 +29,6 @@ fn world(clock: &Clock) -> Simulator {
     );
     sim.set_finish_rate(60.0);
     sim
-}
-
-/// The workflow list, every page of every (workflow, live status) list, and one request per
-/// workflow with executions that finished since the previous poll.
-fn lower_bound(truth: &GroundTruth, finished: &BTreeMap<String, u64>) -> u64 {
-    // `GET /workflows` has no paging.
-    let list = 1;
-    let pages: u64 = truth.live.values().map(|n| n.div_ceil(PAGE).max(1)).sum();
-    list + pages + finished.values().filter(|n| **n > 0).count() as u64
-}
-
-fn finished_between(before: &GroundTruth, after: &GroundTruth) -> BTreeMap<String, u64> {
-    let mut out = BTreeMap::new();
-    for ((wf, s), n) in &after.finished {
-        let was = before.finished.get(&(wf.clone(), *s)).copied().unwrap_or(0);
-        *out.entry(wf.clone()).or_default() += n - was;
-    }
-    out
 }
 
 async fn requests_per_poll(h: &Harness) -> u64 {

@@ -12,7 +12,7 @@ use kapso_exporter::app::{self, Exporter};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::config::{Cli, Config};
 use kapso_exporter::kapso::RetryPolicy;
-use kapso_exporter::simulator::{RunningSimulator, Simulator};
+use kapso_exporter::simulator::{ExecStatus, GroundTruth, RunningSimulator, Simulator};
 use time::OffsetDateTime;
 use tower::ServiceExt;
 
@@ -239,4 +239,32 @@ impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// The statuses an execution can be stalled in.
+pub const STALLABLE: [ExecStatus; 2] = [ExecStatus::Waiting, ExecStatus::Handoff];
+/// The default `--metrics.stall-thresholds`, as the README documents them.
+pub const THRESHOLDS: [u64; 6] = [60, 300, 900, 3600, 14400, 86400];
+/// Rows per page of the API's lists.
+pub const PAGE: u64 = 100;
+
+/// The fewest requests that observe a project: the workflow list (`GET /workflows` has no
+/// paging), every page of every (workflow, live status) list, and one request per workflow
+/// with executions that finished since the previous poll (their outcome cannot be known
+/// otherwise; new executions are counted from `execution_count`).
+pub fn lower_bound(truth: &GroundTruth, finished_since: &BTreeMap<String, u64>) -> u64 {
+    let workflows = 1;
+    let pages: u64 = truth.live.values().map(|n| n.div_ceil(PAGE).max(1)).sum();
+    let classify = finished_since.values().filter(|n| **n > 0).count() as u64;
+    workflows + pages + classify
+}
+
+/// Executions finished per workflow between two ground truths.
+pub fn finished_between(before: &GroundTruth, after: &GroundTruth) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for ((wf, s), n) in &after.finished {
+        let was = before.finished.get(&(wf.clone(), *s)).copied().unwrap_or(0);
+        *out.entry(wf.clone()).or_default() += n - was;
+    }
+    out
 }
