@@ -634,6 +634,23 @@ fn path_id(path: IdPath) -> Option<u128> {
     path.ok().and_then(|Path(id)| parse_uuid(&id))
 }
 
+/// The workflow the path names, or the API's 404.
+fn workflow_at(world: &World, path: IdPath) -> Result<u32, ApiError> {
+    path_id(path)
+        .and_then(|id| world.workflow_index(id))
+        .ok_or(ApiError::new(StatusCode::NOT_FOUND, "Workflow not found"))
+}
+
+/// The conversation the path names, or the API's 404.
+fn conversation_at(world: &World, path: IdPath) -> Result<u32, ApiError> {
+    path_id(path)
+        .and_then(|id| world.conversation_index(id))
+        .ok_or(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "Conversation not found",
+        ))
+}
+
 async fn list_workflows(
     State(sh): SharedState,
     RawQuery(q): RawQuery,
@@ -671,9 +688,7 @@ async fn list_workflows(
 
 async fn get_workflow(State(sh): SharedState, path: IdPath) -> Result<Response, ApiError> {
     let world = lock(&sh.world);
-    let w = path_id(path)
-        .and_then(|id| world.workflow_index(id))
-        .ok_or(ApiError::new(StatusCode::NOT_FOUND, "Workflow not found"))?;
+    let w = workflow_at(&world, path)?;
     Ok(data(workflow_json(&world, &world.workflows[w as usize])))
 }
 
@@ -683,9 +698,7 @@ async fn list_workflow_executions(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let world = lock(&sh.world);
-    let wi = path_id(path)
-        .and_then(|id| world.workflow_index(id))
-        .ok_or(ApiError::new(StatusCode::NOT_FOUND, "Workflow not found"))?;
+    let wi = workflow_at(&world, path)?;
     let p = Params::parse(q);
     let status = p.exec_status()?;
     // `created_after`/`created_before` filter on started_at, inclusive (facts sheet §4).
@@ -722,12 +735,7 @@ async fn list_conversation_executions(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let world = lock(&sh.world);
-    let ci = path_id(path)
-        .and_then(|id| world.conversation_index(id))
-        .ok_or(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "Conversation not found",
-        ))?;
+    let ci = conversation_at(&world, path)?;
     let p = Params::parse(q);
     let status = p.exec_status()?;
     let req = p.page_request(CursorColumn::CreatedAt, "created_after", "created_before")?;
@@ -926,11 +934,6 @@ async fn list_conversations(
 
 async fn get_conversation(State(sh): SharedState, path: IdPath) -> Result<Response, ApiError> {
     let world = lock(&sh.world);
-    let ci = path_id(path)
-        .and_then(|id| world.conversation_index(id))
-        .ok_or(ApiError::new(
-            StatusCode::NOT_FOUND,
-            "Conversation not found",
-        ))?;
+    let ci = conversation_at(&world, path)?;
     Ok(data(conversation_json(&world, ci)))
 }
