@@ -15,8 +15,8 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use crate::clock::Clock;
+use crate::clock::micros;
 use crate::kapso::{ApiError, ExecutionStatus};
-use crate::poller::tracker::micros;
 use crate::state::{self, ConversationSeries, ProjectState, SharedProject, Snapshot};
 
 /// `Content-Type` of the classic text format.
@@ -335,6 +335,10 @@ impl Collector for KapsoCollector {
         let mut started = Vec::new();
         let mut finished = Vec::new();
         let mut handoffs = Vec::new();
+        let mut workflow_up: Series = Vec::new();
+        let mut workflow_success: Series = Vec::new();
+        let mut outcome_unknown: Series = Vec::new();
+        let mut workflow_errors = Vec::new();
         for (i, v) in views.iter().enumerate() {
             for (wf, meta) in &v.snapshot.workflows {
                 info.push(vec![
@@ -361,6 +365,20 @@ impl Collector for KapsoCollector {
             }
             for (wf, n) in &v.snapshot.handoffs {
                 handoffs.push((base(wf), *n));
+            }
+            for (wf, h) in &v.snapshot.workflow_health {
+                workflow_up.push((base(wf), f64::from(u8::from(h.up))));
+                if let Some(t) = h.last_success {
+                    workflow_success.push((base(wf), t as f64 / 1e6));
+                }
+            }
+            for (wf, n) in &v.snapshot.outcome_unknown {
+                outcome_unknown.push((base(wf), *n as f64));
+            }
+            for ((wf, kind), n) in &v.snapshot.workflow_errors {
+                let mut l = base(wf);
+                l.push(("kind", (*kind).to_owned()));
+                workflow_errors.push((l, *n));
             }
         }
         family(
@@ -396,6 +414,37 @@ impl Collector for KapsoCollector {
                 .map(|(l, n)| (borrow(l), Value::Counter(*n))),
         )?;
 
+        family(
+            &mut enc,
+            "kapso_workflow_executions_outcome_unknown",
+            "Executions that left the live statuses and whose outcome Kapso has not told yet (not counted as finished until it does).",
+            MetricType::Gauge,
+            outcome_unknown.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+        )?;
+        family(
+            &mut enc,
+            "kapso_workflow_up",
+            "1 when the last poll of the workflow committed, 0 while its series show an older state.",
+            MetricType::Gauge,
+            workflow_up.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+        )?;
+        family(
+            &mut enc,
+            "kapso_workflow_last_success_timestamp_seconds",
+            "Unix time of the last poll of the workflow that committed.",
+            MetricType::Gauge,
+            workflow_success.iter().map(|(l, v)| (borrow(l), gauge(*v))),
+        )?;
+        family(
+            &mut enc,
+            "kapso_workflow_poll_errors",
+            "Polls of one workflow that failed on their own (the rest of the project updated), by kind of error.",
+            MetricType::Counter,
+            workflow_errors
+                .iter()
+                .map(|(l, n)| (borrow(l), Value::Counter(*n))),
+        )?;
+
         self.encode_health(&mut enc, &views)
     }
 }
@@ -409,7 +458,7 @@ impl KapsoCollector {
                     .filter_map(|v| f(v).map(|x| (vec![("project", v.name.clone())], x)))
                     .collect()
             };
-        let gauges: [(&str, &str, Series); 9] = [
+        let gauges: [(&str, &str, Series); 10] = [
             (
                 "kapso_up",
                 "1 when the last poll of the project completed, else 0.",
@@ -455,6 +504,11 @@ impl KapsoCollector {
                 "Conversations with a live execution, before the --metrics.max-conversations cap.",
                 per_project(&|v| Some(v.snapshot.conversations_total as f64)),
             ),
+            (
+                "kapso_conversations_failed",
+                "Watched conversations whose last listing failed; their series show an older state.",
+                per_project(&|v| Some(v.snapshot.conversations_down as f64)),
+            ),
         ];
         for (name, help, series) in &gauges {
             family(
@@ -468,7 +522,14 @@ impl KapsoCollector {
         let mut polls = Vec::new();
         let mut errors = Vec::new();
         let mut requests = Vec::new();
+        let mut anomalies = Vec::new();
         for v in views {
+            for (kind, n) in &v.snapshot.anomalies {
+                anomalies.push((
+                    vec![("project", v.name.clone()), ("kind", (*kind).to_owned())],
+                    *n,
+                ));
+            }
             for (result, n) in v.polls {
                 polls.push((
                     vec![("project", v.name.clone()), ("result", result.to_owned())],
@@ -503,6 +564,11 @@ impl KapsoCollector {
                 "kapso_api_requests",
                 "Kapso API requests made, by endpoint template and HTTP status (error for transport failures).",
                 requests,
+            ),
+            (
+                "kapso_api_anomalies",
+                "Answers of the Kapso API the exporter had to work around, by kind.",
+                anomalies,
             ),
         ];
         for (name, help, series) in &counters {

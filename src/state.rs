@@ -38,6 +38,14 @@ pub struct ConversationSeries {
     pub oldest_last_event: Option<i64>,
 }
 
+/// Whether one workflow's last poll committed, and when one last did (project mode).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkflowHealth {
+    pub up: bool,
+    /// Unix microseconds.
+    pub last_success: Option<i64>,
+}
+
 /// Everything one successful poll established.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -52,6 +60,16 @@ pub struct Snapshot {
     pub started: BTreeMap<Arc<str>, u64>,
     pub finished: BTreeMap<(Arc<str>, ExecutionStatus), u64>,
     pub handoffs: BTreeMap<Arc<str>, u64>,
+    /// Per workflow (project mode): whether its last poll committed.
+    pub workflow_health: BTreeMap<Arc<str>, WorkflowHealth>,
+    /// Executions that left the live lists and whose outcome Kapso has not told yet.
+    pub outcome_unknown: BTreeMap<Arc<str>, u64>,
+    /// What Kapso answered that had to be worked around, by kind (zero-filled).
+    pub anomalies: BTreeMap<&'static str, u64>,
+    /// Failed polls of one workflow, by kind of error.
+    pub workflow_errors: BTreeMap<(Arc<str>, &'static str), u64>,
+    /// Watched conversations whose last listing failed (conversation mode).
+    pub conversations_down: usize,
 }
 
 /// The state of one project.
@@ -118,6 +136,20 @@ impl ProjectState {
         self.last_poll_requests = requests;
         self.last_error = None;
         self.polls_success += 1;
+    }
+
+    /// Records a poll that failed after some of its workflows (or conversations) committed:
+    /// their part of the snapshot is new, the project counts as down.
+    pub fn record_partial(
+        &mut self,
+        snapshot: Snapshot,
+        kind: &'static str,
+        message: String,
+        took: Duration,
+        requests: u64,
+    ) {
+        self.snapshot = Arc::new(snapshot);
+        self.record_failure(kind, message, took, requests);
     }
 
     /// Records a failed poll; the previous snapshot stays.

@@ -369,8 +369,9 @@ async fn project_mode_spends_the_expected_requests() {
     let (sim, wfs, _) = populated(&clock);
     let mut h = Harness::new(sim, clock.clone(), &[]).await;
     h.poll().await;
-    // 1 workflow list + 3 workflows x 3 live statuses, plus one more page of 150 waiting.
-    assert_eq!(requests(&h).await, 11.0);
+    // 1 workflow list + 3 workflows x 3 live statuses, plus one more page of 150 waiting, plus
+    // at the first poll one created_after listing per workflow (what exists already).
+    assert_eq!(requests(&h).await, 14.0);
     // Quiet: nothing started or finished, so no created_after or outcome queries.
     h.poll().await;
     assert_eq!(requests(&h).await, 11.0);

@@ -135,6 +135,29 @@ pub struct Client {
     stats: std::sync::Arc<ApiStats>,
 }
 
+/// SHIM (replaced by the client branch).
+pub struct ExecutionPages<'a> {
+    client: &'a Client,
+    workflow_id: &'a str,
+    filter: ExecutionFilter,
+    max_pages: usize,
+    done: bool,
+}
+
+impl ExecutionPages<'_> {
+    /// SHIM.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Execution>>, ApiError> {
+        if self.done {
+            return Ok(None);
+        }
+        self.done = true;
+        self.client
+            .list_workflow_executions(self.workflow_id, self.filter, self.max_pages)
+            .await
+            .map(Some)
+    }
+}
+
 /// Query of `GET /workflows/{id}/executions`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ExecutionFilter {
@@ -196,6 +219,7 @@ impl Client {
         &self,
         workflow_id: &str,
         filter: ExecutionFilter,
+        _max_pages: usize,
     ) -> Result<Vec<Execution>, ApiError> {
         let mut query = Vec::new();
         if let Some(status) = filter.status {
@@ -216,6 +240,7 @@ impl Client {
     pub async fn list_conversation_executions(
         &self,
         conversation_id: &str,
+        _max_pages: usize,
     ) -> Result<Vec<Execution>, ApiError> {
         let url = self.url(
             endpoint::CONVERSATION_EXECUTIONS,
@@ -228,6 +253,22 @@ impl Client {
         )?;
         self.list_all(endpoint::CONVERSATION_EXECUTIONS, url, Vec::new())
             .await
+    }
+
+    /// SHIM (replaced by the client branch).
+    pub fn execution_pages<'a>(
+        &'a self,
+        workflow_id: &'a str,
+        filter: ExecutionFilter,
+        max_pages: usize,
+    ) -> ExecutionPages<'a> {
+        ExecutionPages {
+            client: self,
+            workflow_id,
+            filter,
+            max_pages,
+            done: false,
+        }
     }
 
     /// `GET /whatsapp/conversations?last_active_after=...`, every page.

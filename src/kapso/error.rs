@@ -61,6 +61,18 @@ impl ApiError {
         }
     }
 
+    /// SHIM (replaced by the client branch): whether the error concerns the whole key.
+    pub fn is_key_wide(&self) -> bool {
+        matches!(
+            self,
+            Self::Unauthorized { .. }
+                | Self::RateLimited { .. }
+                | Self::Server { .. }
+                | Self::Timeout { .. }
+                | Self::Transport { .. }
+        )
+    }
+
     /// All error kinds, so the error counter can be zero-filled.
     pub const KINDS: [&'static str; 8] = [
         "unauthorized",

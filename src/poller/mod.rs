@@ -1,40 +1,62 @@
-//! The background loop of each project: schedule, budget, and turning API rows into a
-//! snapshot.
+//! The background loop of each project: schedule, budget, and running each poll as plan,
+//! fetch, commit.
 //!
 //! One poll, project mode (the default):
 //! 1. `GET /workflows` (1 request): the workflows, their `execution_count` and
-//!    `last_executed_at`;
-//! 2. per workflow and live status (`running`, `waiting`, `handoff`), `GET
-//!    /workflows/{id}/executions?status=...&limit=100`, every page;
-//! 3. per workflow that lost live executions or whose `execution_count` grew by more than the
-//!    new executions seen live (some started and finished between two polls): their outcome,
-//!    by one `GET /workflow_executions/{id}` when one execution left, and one
-//!    `status=failed&created_after=<oldest start, or the watermark>` listing for the rest (the
-//!    ones not failed ended). Without a usable `execution_count`, a `created_after=<watermark>`
-//!    listing shows what started.
+//!    `last_executed_at`. If it fails, the poll fails and nothing changes.
+//! 2. Per workflow, concurrently: each live status (`running`, `waiting`, `handoff`),
+//!    `GET /workflows/{id}/executions?status=...&limit=100`, every page; then the
+//!    [planner](plan) names the extra requests the workflow needs (a window listing of what
+//!    started, the outcome of what left the live lists) and the poller runs them.
+//! 3. The [tracker](tracker) commits each workflow that was read completely. A workflow whose
+//!    requests failed for reasons of its own (404, 422, an undecodable page, paging) keeps its
+//!    last good state and shows `kapso_workflow_up 0`; the rest of the project updates. An
+//!    error that concerns the whole key or API (401/403, 429, 5xx, timeouts, transport) stops
+//!    the poll: what was read so far commits, and the poll counts as failed.
 //!
 //! Conversation mode lists `GET /whatsapp/conversations/{id}/flow_executions` (every page, all
-//! statuses) per watched conversation, after discovering active conversations when asked.
+//! statuses) per watched conversation, after discovering active conversations when asked, and
+//! reads pending executions by id; each conversation commits on its own.
 //!
 //! Requests of one poll run concurrently; the client's limiter keeps them within the budget.
 
+pub mod plan;
 pub mod tracker;
 
-use std::collections::HashMap;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
-use futures::{StreamExt, TryStreamExt};
-use time::OffsetDateTime;
+use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::Clock;
+use crate::clock::{Clock, from_micros};
 use crate::config::{Mode, ProjectConfig};
 use crate::kapso::{ApiError, Client, Execution, ExecutionFilter, ExecutionStatus, Workflow};
 use crate::state::{self, SharedProject};
-use tracker::{RecentQuery, Tracker, WorkflowObservation};
+use tracker::{ConversationFetch, FetchError, Tracker, WorkflowFetch};
 
 /// Requests (or workflows) in flight at once within one poll.
 pub const CONCURRENCY: usize = 8;
+
+/// What one poll achieved.
+#[derive(Debug, Default)]
+struct Outcome {
+    /// Whether anything was committed to the tracker.
+    committed: bool,
+    /// The error that failed the poll, if one did.
+    error: Option<ApiError>,
+    /// Workflows (or conversations) that failed on their own, as log-ready lines.
+    scoped_errors: Vec<String>,
+}
+
+impl Outcome {
+    fn failed(error: ApiError) -> Self {
+        Self {
+            error: Some(error),
+            ..Self::default()
+        }
+    }
+}
 
 /// The poller of one project.
 pub struct Poller {
@@ -84,86 +106,153 @@ impl Poller {
         }
     }
 
-    /// One complete poll: on success the project's snapshot is replaced, on failure the last
-    /// good one stays and the failure is recorded.
+    /// One complete poll: what was read commits, and the project's snapshot is replaced; on
+    /// failure the last good state of what was not read stays and the failure is recorded.
+    /// `Err` when the poll as a whole failed (a workflow failing on its own is not that).
     pub async fn poll_once(&mut self) -> Result<(), ApiError> {
         let started = tokio::time::Instant::now();
         let requests_before = self.client.stats().total();
-        let result = match self.mode.clone() {
+        let outcome = match self.mode.clone() {
             Mode::Project => self.poll_project().await,
             Mode::Conversations { ids, discover } => self.poll_conversations(&ids, discover).await,
         };
         let took = started.elapsed();
         let requests = self.client.stats().total() - requests_before;
+        for line in &outcome.scoped_errors {
+            tracing::warn!(project = %self.name, error = %line, "keeping the last good state of one part of the project");
+        }
+        let snapshot = outcome
+            .committed
+            .then(|| self.tracker.snapshot(self.max_conversations));
         let mut st = state::write(&self.state);
-        match &result {
-            Ok(()) => {
-                let snapshot = self.tracker.snapshot(self.max_conversations);
+        match (outcome.error, snapshot) {
+            (None, snapshot) => {
+                let snapshot = snapshot.unwrap_or_else(|| (*st.snapshot).clone());
                 st.record_success(snapshot, self.clock.now(), took, requests);
+                if let Some(first) = outcome.scoped_errors.first() {
+                    st.last_error = Some(format!(
+                        "{} part(s) of the project kept their last good state; first: {first}",
+                        outcome.scoped_errors.len()
+                    ));
+                }
                 tracing::debug!(project = %self.name, took = ?took, requests, "poll completed");
+                Ok(())
             }
-            Err(e) => {
-                st.record_failure(e.kind(), e.to_string(), took, requests);
+            (Some(e), snapshot) => {
+                match snapshot {
+                    Some(s) => st.record_partial(s, e.kind(), e.to_string(), took, requests),
+                    None => st.record_failure(e.kind(), e.to_string(), took, requests),
+                }
                 if matches!(e, ApiError::Unauthorized { .. }) {
                     tracing::error!(project = %self.name, error = %e, "Kapso rejected the API key; polling stops until the next interval");
                 } else {
                     tracing::warn!(project = %self.name, error = %e, "poll failed; serving the last good state");
                 }
+                Err(e)
             }
         }
-        result
     }
 
-    async fn poll_project(&mut self) -> Result<(), ApiError> {
+    async fn poll_project(&mut self) -> Outcome {
         let now = self.clock.now();
-        let workflows = self.client.list_workflows().await?;
+        let listing = match self.client.list_workflows().await {
+            Ok(l) => l,
+            Err(e) => return Outcome::failed(e),
+        };
+        let workflows = self.tracker.dedupe_listing(listing);
         let tracker = &self.tracker;
         let client = &self.client;
-        let observations: Vec<WorkflowObservation> = futures::stream::iter(workflows)
-            .map(|wf| observe_workflow(client, tracker, wf))
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await?;
-        self.tracker.commit_project(observations, now);
-        Ok(())
+        let mut outcome = Outcome::default();
+        let mut fetches: Vec<(String, Result<WorkflowFetch, FetchError>)> = Vec::new();
+        {
+            let mut stream = futures::stream::iter(workflows.clone())
+                .map(|wf| fetch_workflow(client, tracker, wf, now))
+                .buffer_unordered(CONCURRENCY);
+            while let Some((id, fetched)) = stream.next().await {
+                match fetched {
+                    Ok(f) => fetches.push((id, Ok(f))),
+                    // Dropping the stream cancels what is still in flight.
+                    Err(e) if e.is_key_wide() => {
+                        outcome.error = Some(e);
+                        break;
+                    }
+                    Err(e) => {
+                        outcome.scoped_errors.push(format!("workflow {id}: {e}"));
+                        fetches.push((id, Err((e.kind(), e.to_string()))));
+                    }
+                }
+            }
+        }
+        self.tracker.commit_project(&workflows, fetches, now);
+        outcome.committed = true;
+        outcome
     }
 
-    async fn poll_conversations(
-        &mut self,
-        ids: &[String],
-        discover: Option<Duration>,
-    ) -> Result<(), ApiError> {
+    async fn poll_conversations(&mut self, ids: &[String], discover: Option<Duration>) -> Outcome {
         let now = self.clock.now();
         let mut watched: Vec<String> = ids.to_vec();
         if let Some(within) = discover {
             let since = now - within;
+            let conversations = match self.client.list_conversations(since).await {
+                Ok(c) => c,
+                Err(e) => return Outcome::failed(e),
+            };
             let mut seen: std::collections::HashSet<String> = watched.iter().cloned().collect();
-            for c in self.client.list_conversations(since).await? {
+            for c in conversations {
                 if seen.insert(c.id.clone()) {
                     watched.push(c.id);
                 }
             }
         }
+        let tracker = &self.tracker;
         let client = &self.client;
-        let observations: Vec<(String, Vec<Execution>)> = futures::stream::iter(watched)
-            .map(|id| async move {
-                let rows = client.list_conversation_executions(&id).await?;
-                Ok::<_, ApiError>((id, rows))
-            })
-            .buffer_unordered(CONCURRENCY)
-            .try_collect()
-            .await?;
-        self.tracker.commit_conversations(observations, now);
-        Ok(())
+        let mut outcome = Outcome::default();
+        let mut fetches: Vec<(String, Result<ConversationFetch, FetchError>)> = Vec::new();
+        {
+            let mut stream = futures::stream::iter(watched.clone())
+                .map(|id| fetch_conversation(client, tracker, id))
+                .buffer_unordered(CONCURRENCY);
+            while let Some((id, fetched)) = stream.next().await {
+                match fetched {
+                    Ok(f) => fetches.push((id, Ok(f))),
+                    Err(e) if e.is_key_wide() => {
+                        outcome.error = Some(e);
+                        break;
+                    }
+                    Err(e) => {
+                        outcome
+                            .scoped_errors
+                            .push(format!("conversation {id}: {e}"));
+                        fetches.push((id, Err((e.kind(), e.to_string()))));
+                    }
+                }
+            }
+        }
+        self.tracker.commit_conversations(&watched, fetches, now);
+        outcome.committed = true;
+        outcome
     }
 }
 
-/// Reads what one workflow needs for the tracker to commit it.
-async fn observe_workflow(
+/// Reads what one workflow needs for the tracker to commit it: the live lists, then the extra
+/// requests of its plan. Returns the workflow's id with the result.
+async fn fetch_workflow(
     client: &Client,
     tracker: &Tracker,
     workflow: Workflow,
-) -> Result<WorkflowObservation, ApiError> {
+    now: time::OffsetDateTime,
+) -> (String, Result<WorkflowFetch, ApiError>) {
+    let id = workflow.id.clone();
+    (id, read_workflow(client, tracker, workflow, now).await)
+}
+
+async fn read_workflow(
+    client: &Client,
+    tracker: &Tracker,
+    workflow: Workflow,
+    now: time::OffsetDateTime,
+) -> Result<WorkflowFetch, ApiError> {
+    let max_pages = plan::live_max_pages(tracker.workflow(&workflow.id), &workflow);
     let live_lists = futures::future::try_join_all(ExecutionStatus::LIVE.map(|status| {
         client.list_workflow_executions(
             &workflow.id,
@@ -171,6 +260,7 @@ async fn observe_workflow(
                 status: Some(status),
                 created_after: None,
             },
+            max_pages,
         )
     }))
     .await?;
@@ -184,114 +274,131 @@ async fn observe_workflow(
             row
         })
         .collect();
-    let query = tracker.recent_query(&workflow, &live);
-    if let RecentQuery::Failed { after, unseen } = query {
-        if let Some(obs) = observe_unseen(client, tracker, &workflow, &live, after, unseen).await? {
-            return Ok(obs);
-        }
-    }
-    let recent = match query {
-        RecentQuery::Skip => Vec::new(),
-        RecentQuery::All => {
-            client
-                .list_workflow_executions(&workflow.id, ExecutionFilter::default())
-                .await?
-        }
-        RecentQuery::From(after) | RecentQuery::Failed { after, .. } => {
+    let plan = tracker.plan(&workflow, &live, now);
+    let window = match &plan.window {
+        Some(w) => {
             let filter = ExecutionFilter {
                 status: None,
-                created_after: Some(after),
+                created_after: Some(from_micros(w.created_after)),
             };
-            client
-                .list_workflow_executions(&workflow.id, filter)
-                .await?
+            strip(
+                client
+                    .list_workflow_executions(&workflow.id, filter, w.max_pages)
+                    .await?,
+            )
         }
+        None => Vec::new(),
     };
-    let vanished = tracker.vanished(&workflow.id, &live, &recent);
-    let mut outcomes = HashMap::new();
-    if let [(id, _)] = vanished.as_slice() {
-        if let Some(status) = outcome_of(client, id).await? {
-            outcomes.insert(id.clone(), status);
-        }
-    } else if !vanished.is_empty() {
-        let oldest: Option<OffsetDateTime> = vanished.iter().filter_map(|(_, s)| *s).min();
-        let wanted: std::collections::HashSet<&str> =
-            vanished.iter().map(|(id, _)| id.as_str()).collect();
-        for row in list_failed(client, &workflow.id, oldest).await? {
-            if wanted.contains(row.id.as_str()) {
-                outcomes.insert(row.id, ExecutionStatus::Failed);
+    let mut resolved = Vec::new();
+    if let Some(lists) = &plan.status_lists {
+        let mut wanted = lists.wanted.clone();
+        for status in [ExecutionStatus::Failed, ExecutionStatus::Ended] {
+            if wanted.is_empty() {
+                break;
             }
+            let filter = ExecutionFilter {
+                status: Some(status),
+                created_after: Some(from_micros(lists.created_after)),
+            };
+            let found =
+                list_wanted(client, &workflow.id, filter, lists.max_pages, &mut wanted).await?;
+            resolved.extend(found);
         }
     }
-    Ok(WorkflowObservation {
+    let (by_id, gone) = read_by_id(client, &plan.by_id).await?;
+    resolved.extend(by_id);
+    Ok(WorkflowFetch {
         workflow,
         live,
-        recent,
-        outcomes,
-        unseen_ended: 0,
+        plan,
+        window,
+        resolved,
+        gone,
     })
 }
 
-/// Executions started and finished since the last poll, known by `execution_count` only: one
-/// `status=failed` listing from the older of the watermark and the oldest vanished execution
-/// shows which failed, both new and vanished; the others ended. A single vanished execution
-/// is still read by id. `None` when the listing contradicts the count (the caller then lists
-/// everything that started, as without the count).
-async fn observe_unseen(
-    client: &Client,
-    tracker: &Tracker,
-    workflow: &Workflow,
-    live: &[Execution],
-    after: OffsetDateTime,
-    unseen: u64,
-) -> Result<Option<WorkflowObservation>, ApiError> {
-    let vanished = tracker.vanished(&workflow.id, live, &[]);
-    let mut outcomes = HashMap::new();
-    let mut from = after;
-    if let [(id, _)] = vanished.as_slice() {
-        if let Some(status) = outcome_of(client, id).await? {
-            outcomes.insert(id.clone(), status);
-        }
-    } else if let Some(oldest) = vanished.iter().filter_map(|(_, s)| *s).min() {
-        from = from.min(oldest);
-    } else if !vanished.is_empty() {
-        // A vanished execution without a start time: only a full listing is sure to show it.
-        return Ok(None);
-    }
-    let failed = list_failed(client, &workflow.id, Some(from)).await?;
-    let new_failed = tracker.unseen_failed(workflow, after, &failed);
-    let Some(unseen_ended) = unseen.checked_sub(new_failed) else {
-        return Ok(None);
-    };
-    Ok(Some(WorkflowObservation {
-        workflow: workflow.clone(),
-        live: live.to_vec(),
-        recent: failed,
-        outcomes,
-        unseen_ended,
-    }))
-}
-
-/// The status of one execution by id; `None` when it is gone (deleted: counted as ended).
-async fn outcome_of(client: &Client, id: &str) -> Result<Option<ExecutionStatus>, ApiError> {
-    match client.get_execution(id).await {
-        Ok(row) => Ok(Some(row.status)),
-        Err(ApiError::Client { status: 404, .. }) => Ok(None),
-        Err(e) => Err(e),
-    }
-}
-
-/// `status=failed&created_after=...`, every page.
-async fn list_failed(
+/// The rows of `wanted` ids in a listing, removed from `wanted` as they are found; paging
+/// stops once every one is.
+async fn list_wanted(
     client: &Client,
     workflow_id: &str,
-    after: Option<OffsetDateTime>,
+    filter: ExecutionFilter,
+    max_pages: usize,
+    wanted: &mut BTreeSet<String>,
 ) -> Result<Vec<Execution>, ApiError> {
-    let filter = ExecutionFilter {
-        status: Some(ExecutionStatus::Failed),
-        created_after: after,
-    };
-    client.list_workflow_executions(workflow_id, filter).await
+    let mut found = Vec::new();
+    let mut pages = client.execution_pages(workflow_id, filter, max_pages);
+    while let Some(page) = pages.next_page().await? {
+        for mut row in page {
+            if wanted.remove(&row.id) {
+                row.workflow = None;
+                found.push(row);
+            }
+        }
+        if wanted.is_empty() {
+            break;
+        }
+    }
+    Ok(found)
+}
+
+/// `GET /workflow_executions/{id}` for each id: the rows, and the ids that answered 404.
+async fn read_by_id(
+    client: &Client,
+    ids: &[String],
+) -> Result<(Vec<Execution>, Vec<String>), ApiError> {
+    let mut rows = Vec::new();
+    let mut gone = Vec::new();
+    for id in ids {
+        match client.get_execution(id).await {
+            Ok(mut row) => {
+                // The answer is about the id asked for, whatever spelling it uses.
+                row.id.clone_from(id);
+                rows.push(row);
+            }
+            Err(ApiError::Client { status: 404, .. }) => gone.push(id.clone()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((rows, gone))
+}
+
+/// Rows without their embedded workflow summary (the workflow is known).
+fn strip(rows: Vec<Execution>) -> Vec<Execution> {
+    rows.into_iter()
+        .map(|mut row| {
+            row.workflow = None;
+            row
+        })
+        .collect()
+}
+
+/// One watched conversation: its listing, then its pending executions by id. Returns the
+/// conversation's id with the result.
+async fn fetch_conversation(
+    client: &Client,
+    tracker: &Tracker,
+    conversation: String,
+) -> (String, Result<ConversationFetch, ApiError>) {
+    let result = read_conversation(client, tracker, &conversation).await;
+    (conversation, result)
+}
+
+async fn read_conversation(
+    client: &Client,
+    tracker: &Tracker,
+    conversation: &str,
+) -> Result<ConversationFetch, ApiError> {
+    let rows = client
+        .list_conversation_executions(conversation, plan::pages_for(plan::UNKNOWN_GROWTH))
+        .await?;
+    let followups = tracker.conversation_followups(conversation, &rows);
+    let (resolved, gone) = read_by_id(client, &followups).await?;
+    Ok(ConversationFetch {
+        rows,
+        resolved,
+        gone,
+    })
 }
 
 /// Shares one poller handle name for logs.

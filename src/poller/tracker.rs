@@ -1,102 +1,194 @@
-//! What the poller remembers between polls, and how observations become counts.
+//! What the poller remembers between polls, and how the answers of one poll become counts.
 //!
-//! Pure logic, no I/O: the poller gathers an observation with the Kapso client, asks the
-//! tracker which extra queries it needs, then commits the whole observation at once. A poll
-//! that fails commits nothing, so the next successful poll accounts for both intervals.
+//! Pure logic, no I/O: the poller reads the live lists, asks the [planner](super::plan) which
+//! extra requests each workflow needs, runs them, and hands the answers to [`Tracker`], which
+//! commits them workflow by workflow (conversation by conversation in conversation mode).
+//! A workflow whose requests failed commits nothing and keeps its last good state, so the next
+//! successful poll of it accounts for both intervals.
 //!
-//! Terminal outcomes are counted exactly, without re-reading history:
-//! - an execution that was live at the previous poll and is no longer in a live list finished;
-//!   its outcome comes from `GET /workflow_executions/{id}` (one vanished execution) or one
-//!   `status=failed&created_after=<its start>` listing (several);
-//! - executions that started since the previous poll are counted from the growth of the
-//!   workflow's `execution_count`: the new ones seen in the live lists, plus those that already
-//!   finished, whose outcome comes from the same `status=failed` listing (not failed: ended).
-//!   Only without a comparable `execution_count` are they listed by `created_after=<watermark>`.
+//! Counting is by identity, never by arithmetic on counts: each workflow remembers every
+//! execution id it may meet again ([`Exec`]), and
+//! - a start is counted once, for an id the tracker did not know, found by a listing whose
+//!   window begins after everything already known ([`CountRule`]);
+//! - a finish is counted once, with the status Kapso reported for that id (`ended` or
+//!   `failed`), for an execution that was live (or pending) or started inside a counted window;
+//! - an entry into `handoff` is counted when an id is seen in `handoff` and was last seen in
+//!   another status (or is new).
+//!
+//! An execution that left the live lists without a known outcome is *pending*: it is not
+//! counted as finished, it shows in `kapso_workflow_executions_outcome_unknown`, and later
+//! polls look for it until Kapso tells its status (or says it is gone, which is counted as an
+//! anomaly, not as a finish). `execution_count` and `last_executed_at` only decide whether a
+//! window listing is needed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use time::OffsetDateTime;
 
+use crate::clock::{Micros, micros, plausible};
 use crate::kapso::{Execution, ExecutionStatus, Workflow};
-use crate::state::{ConversationSeries, LiveBucket, Snapshot, WorkflowMeta};
+use crate::state::{ConversationSeries, LiveBucket, Snapshot, WorkflowHealth, WorkflowMeta};
 
-/// Unix microseconds.
-pub type Micros = i64;
-
-pub fn micros(t: OffsetDateTime) -> Micros {
-    i64::try_from(t.unix_timestamp_nanos() / 1000).unwrap_or(i64::MAX)
-}
-
-pub fn from_micros(m: Micros) -> OffsetDateTime {
-    OffsetDateTime::from_unix_timestamp_nanos(i128::from(m) * 1000)
-        .unwrap_or(OffsetDateTime::UNIX_EPOCH)
-}
+use super::plan::{
+    self, Context, CountRule, MARGIN, PENDING_BY_ID_MAX, PRECISION_SLACK, Plan, WindowReason,
+};
 
 /// The workflow id used for rows that carry none.
 pub const UNKNOWN_WORKFLOW: &str = "unknown";
+
+/// Consecutive listings a known workflow may be missing from before the tracker forgets it
+/// (its series leave `/metrics`; its counters are kept should it come back).
+pub const WORKFLOW_GRACE_LISTINGS: u32 = 5;
+
+/// The kinds of `kapso_api_anomalies_total`: what Kapso answered that the exporter had to
+/// work around.
+pub const ANOMALIES: [&str; 8] = [
+    // A workflow listed more than once by one `GET /workflows`.
+    "duplicate_workflow",
+    // `GET /workflows` answered no workflow while some were known.
+    "empty_workflow_list",
+    // A known workflow was missing from a listing (kept for the grace period).
+    "workflow_missing",
+    // An execution listed more than once by the lists of one poll.
+    "duplicate_execution",
+    // A new execution whose `started_at` is missing, absurd, or outside the window asked for.
+    "implausible_timestamp",
+    // An execution entered a status the exporter does not know.
+    "unknown_status",
+    // An execution left the live lists and was deleted before its outcome was known.
+    "outcome_lost",
+    // A finished execution was listed live again.
+    "reappeared",
+];
 
 /// A live execution as remembered between polls.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LiveExec {
     pub workflow_id: Arc<str>,
+    /// The status it was last seen in (`Unknown` for a status the exporter does not know).
     pub status: ExecutionStatus,
     pub conversation_id: Option<Arc<str>>,
+    /// `started_at`, when believable.
     pub started_at: Option<Micros>,
     pub last_event_at: Option<Micros>,
 }
 
-/// How a workflow's "started since the last poll" listing is needed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RecentQuery {
-    /// The live lists already show every execution that started.
-    Skip,
-    /// List executions with `created_after` this instant (inclusive; older rows are ignored).
-    From(OffsetDateTime),
-    /// List every execution of the workflow.
-    All,
-    /// `unseen` executions started since `after` (exclusive) and already left the live
-    /// statuses before this poll saw them. Only their outcome is missing: the failed ones are
-    /// in a `status=failed&created_after=` listing (which can also classify the executions
-    /// that vanished from the live lists); the rest ended.
-    Failed { after: OffsetDateTime, unseen: u64 },
+/// What the tracker knows of one execution id.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Exec {
+    /// In a live list at the last poll.
+    Live(LiveExec),
+    /// Left the live lists; its outcome is not known yet.
+    Pending(LiveExec),
+    /// Finished (and counted if it was tracked), or known not to concern the counters; kept,
+    /// with its start, only while a window listing may return it again.
+    Seen(Option<Micros>),
 }
 
-/// What one poll saw of one workflow (project mode).
-#[derive(Clone, Debug)]
-pub struct WorkflowObservation {
-    pub workflow: Workflow,
-    /// Rows of the live-status lists.
-    pub live: Vec<Execution>,
-    /// Rows of the `created_after` listing, when it ran.
-    pub recent: Vec<Execution>,
-    /// Outcome of executions that left the live lists, by id; missing ids ended.
-    pub outcomes: HashMap<String, ExecutionStatus>,
-    /// Executions that started and ended since the last poll, known only by
-    /// `execution_count` (see [`RecentQuery::Failed`]).
-    pub unseen_ended: u64,
+/// `execution_count` and `last_executed_at` of a workflow's previous listing.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Signals {
+    pub execution_count: Option<u64>,
+    pub last_executed_at: Option<Micros>,
 }
 
+impl Signals {
+    fn of(wf: &Workflow) -> Self {
+        Self {
+            execution_count: wf.execution_count,
+            last_executed_at: wf.last_executed_at.map(micros),
+        }
+    }
+}
+
+/// The memory of one workflow (project mode).
 #[derive(Clone, Debug, Default)]
-struct WorkflowTrack {
-    meta: Option<WorkflowMeta>,
-    execution_count: Option<u64>,
-    /// Started-at boundary: executions that started after it are new at the next poll.
-    watermark: Option<Micros>,
-    /// Whether `watermark` is the workflow list's `last_executed_at` (so `execution_count`
-    /// counts exactly the executions up to it).
-    watermark_from_list: bool,
-    /// Executions already counted that started after `watermark`.
-    ahead: HashSet<String>,
-    /// Live executions by id (project mode).
-    live: HashMap<String, LiveExec>,
+pub struct WorkflowTrack {
+    pub(super) meta: Option<WorkflowMeta>,
+    /// Every id the workflow must remember.
+    pub(super) execs: HashMap<String, Exec>,
+    /// Where the next window listing begins; `None` until the workflow's first commit.
+    pub(super) window_from: Option<Micros>,
+    pub(super) signals: Signals,
+    /// Consecutive listings the workflow was missing from.
+    pub(super) absent: u32,
+    /// Whether its last poll committed.
+    pub(super) up: bool,
+    pub(super) last_success: Option<Micros>,
 }
 
+impl WorkflowTrack {
+    /// How many executions `execution_count` says started since the previous listing.
+    pub(super) fn growth(&self, wf: &Workflow) -> Option<u64> {
+        Some(
+            wf.execution_count?
+                .saturating_sub(self.signals.execution_count?),
+        )
+    }
+
+    /// Executions live at the last poll.
+    pub(super) fn live_count(&self) -> u64 {
+        self.execs
+            .values()
+            .filter(|e| matches!(e, Exec::Live(_)))
+            .count() as u64
+    }
+
+    /// Why the listing's counts call for a window listing, if they do: without
+    /// `execution_count` a start cannot be ruled out; otherwise any change of it or of
+    /// `last_executed_at` (which is null for a workflow that never ran) may be a start.
+    pub(super) fn count_signal(&self, wf: &Workflow) -> Option<WindowReason> {
+        let now = Signals::of(wf);
+        if now.execution_count.is_none() || self.signals.execution_count.is_none() {
+            return Some(WindowReason::CountUnknown);
+        }
+        (now != self.signals).then_some(WindowReason::CountChanged)
+    }
+
+    fn pending_count(&self) -> u64 {
+        self.execs
+            .values()
+            .filter(|e| matches!(e, Exec::Pending(_)))
+            .count() as u64
+    }
+}
+
+/// The memory of one watched conversation (conversation mode).
 #[derive(Clone, Debug, Default)]
 struct ConversationTrack {
-    watermark: Option<Micros>,
-    live: HashMap<String, LiveExec>,
+    execs: HashMap<String, Exec>,
+    /// Ids not known with a start from here on are new; `None` until the first commit.
+    window_from: Option<Micros>,
+    up: bool,
 }
+
+/// Everything one poll read of one workflow, for [`Tracker::commit_project`].
+#[derive(Clone, Debug)]
+pub struct WorkflowFetch {
+    pub workflow: Workflow,
+    /// Rows of the live-status lists, in the order read.
+    pub live: Vec<Execution>,
+    pub plan: Plan,
+    /// Rows of the window listing, when the plan had one.
+    pub window: Vec<Execution>,
+    /// Rows of the status listings and of the reads by id.
+    pub resolved: Vec<Execution>,
+    /// Ids whose read by id answered 404.
+    pub gone: Vec<String>,
+}
+
+/// Everything one poll read of one conversation, for [`Tracker::commit_conversations`].
+#[derive(Clone, Debug, Default)]
+pub struct ConversationFetch {
+    pub rows: Vec<Execution>,
+    /// Rows of the reads by id of pending executions.
+    pub resolved: Vec<Execution>,
+    pub gone: Vec<String>,
+}
+
+/// A failed fetch: the error's kind label and message.
+pub type FetchError = (&'static str, String);
 
 #[derive(Clone, Debug, Default)]
 struct Counters {
@@ -114,39 +206,91 @@ impl Counters {
         self.started.entry(wf_id.clone()).or_default();
         self.handoffs.entry(wf_id.clone()).or_default();
     }
+}
 
-    /// Counts what one row shows: `is_new` if it started since the last poll, `prev` its live
-    /// status at the last poll (if it was live then).
-    fn count(
-        &mut self,
-        wf_id: &Arc<str>,
-        is_new: bool,
-        prev: Option<ExecutionStatus>,
-        now: ExecutionStatus,
-    ) {
-        if is_new {
-            *self.started.entry(wf_id.clone()).or_default() += 1;
+/// The status each id of one scope (a workflow or a conversation) shows at this poll: the
+/// answer read last wins, since it is the most recent.
+struct Observed<'a> {
+    rows: HashMap<&'a str, &'a Execution>,
+    order: Vec<&'a str>,
+    duplicates: u64,
+}
+
+impl<'a> Observed<'a> {
+    fn new() -> Self {
+        Self {
+            rows: HashMap::new(),
+            order: Vec::new(),
+            duplicates: 0,
         }
-        if !is_new && prev.is_none() {
-            return;
+    }
+
+    /// Rows of one listing; a duplicate within it keeps the row with the newer event.
+    fn listing(&mut self, rows: &'a [Execution]) {
+        let mut here: HashSet<&str> = HashSet::new();
+        for row in rows {
+            let id = row.id.as_str();
+            if !here.insert(id) {
+                self.duplicates += 1;
+                let older = self
+                    .rows
+                    .get(id)
+                    .is_some_and(|r| r.last_event_at > row.last_event_at);
+                if older {
+                    continue;
+                }
+            }
+            if self.rows.insert(id, row).is_none() {
+                self.order.push(id);
+            }
         }
-        if now.is_terminal() {
-            *self.finished.entry((wf_id.clone(), now)).or_default() += 1;
+    }
+}
+
+/// How one observed row changes the counters and what is remembered of it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Effect {
+    started: bool,
+    finished: Option<ExecutionStatus>,
+    handoff: bool,
+    unknown_status: bool,
+    reappeared: bool,
+}
+
+/// The effect of seeing `status` for an id remembered as `prev`; `countable` when the id is
+/// new and inside a counted window.
+fn effect(prev: Option<&Exec>, status: ExecutionStatus, countable: bool) -> Effect {
+    let (tracked, last) = match prev {
+        None => (countable, None),
+        Some(Exec::Live(e) | Exec::Pending(e)) => (true, Some(e.status)),
+        Some(Exec::Seen(_)) => {
+            return Effect {
+                reappeared: status.is_live(),
+                ..Effect::default()
+            };
         }
-        if now == ExecutionStatus::Handoff && prev != Some(ExecutionStatus::Handoff) {
-            *self.handoffs.entry(wf_id.clone()).or_default() += 1;
-        }
+    };
+    Effect {
+        started: prev.is_none() && countable,
+        finished: (tracked && status.is_terminal()).then_some(status),
+        handoff: tracked && status == ExecutionStatus::Handoff && last != Some(status),
+        unknown_status: status == ExecutionStatus::Unknown && last != Some(status),
+        reappeared: false,
     }
 }
 
 /// The memory of one project's poller.
 #[derive(Clone, Debug, Default)]
 pub struct Tracker {
-    /// Local time of the first completed poll; `None` until then (nothing is counted then).
+    /// Local time of the first committed poll; `None` until then (nothing is counted then).
     baseline: Option<Micros>,
     workflows: BTreeMap<Arc<str>, WorkflowTrack>,
+    /// When a workflow missing from the listings was forgotten.
+    forgotten: HashMap<Arc<str>, Micros>,
     conversations: BTreeMap<Arc<str>, ConversationTrack>,
     counters: Counters,
+    anomalies: BTreeMap<&'static str, u64>,
+    workflow_errors: BTreeMap<(Arc<str>, &'static str), u64>,
     interned: HashSet<Arc<str>>,
 }
 
@@ -175,354 +319,448 @@ impl Tracker {
         a
     }
 
-    /// The workflows the poller lists executions for.
-    pub fn known_workflow_ids(&self) -> Vec<Arc<str>> {
-        self.workflows.keys().cloned().collect()
-    }
-
-    /// Whether the workflow's executions are counted at this poll, and from which watermark.
-    fn counting_from(&self, wf: &Workflow) -> Option<Option<Micros>> {
-        let baseline = self.baseline?;
-        match self.workflows.get(wf.id.as_str()) {
-            Some(track) => Some(track.watermark),
-            // A workflow created after the first poll: all of its executions are new.
-            None => match wf.created_at.map(micros) {
-                Some(created) if created > baseline => Some(Some(created - 1)),
-                _ => None,
-            },
+    fn anomaly(&mut self, kind: &'static str, n: u64) {
+        if n > 0 {
+            *self.anomalies.entry(kind).or_default() += n;
         }
     }
 
-    /// Which "started since the last poll" listing the workflow needs, given its live rows.
-    pub fn recent_query(&self, wf: &Workflow, live: &[Execution]) -> RecentQuery {
-        let Some(watermark) = self.counting_from(wf) else {
-            return RecentQuery::Skip;
-        };
-        if let Some(seen) = self.seen_new(wf, watermark, live) {
-            let grown = match (self.workflows.get(wf.id.as_str()), wf.execution_count) {
-                (Some(track), Some(count)) => {
-                    track.execution_count.and_then(|p| count.checked_sub(p))
-                }
-                (None, Some(count)) => Some(count),
-                _ => None,
-            };
-            match (grown, watermark) {
-                (Some(g), _) if g == seen.len() as u64 => return RecentQuery::Skip,
-                (Some(g), Some(w)) if g > seen.len() as u64 => {
-                    return RecentQuery::Failed {
-                        after: from_micros(w),
-                        unseen: g - seen.len() as u64,
-                    };
-                }
-                _ => {}
+    /// The workflows of one `GET /workflows` answer, each once (the first listing of an id
+    /// wins; the repeats are counted as anomalies).
+    pub fn dedupe_listing(&mut self, listing: Vec<Workflow>) -> Vec<Workflow> {
+        let mut seen = HashSet::new();
+        let before = listing.len();
+        let unique: Vec<Workflow> = listing
+            .into_iter()
+            .filter(|w| seen.insert(w.id.clone()))
+            .collect();
+        self.anomaly("duplicate_workflow", (before - unique.len()) as u64);
+        unique
+    }
+
+    /// What the planner needs of the project to plan `wf_id` at `now`.
+    pub fn context(&self, wf_id: &str, now: OffsetDateTime) -> Context {
+        Context {
+            baseline: self.baseline,
+            now: micros(now),
+            forgotten_at: self.forgotten.get(wf_id).copied(),
+        }
+    }
+
+    /// The remembered state of a workflow, for the planner.
+    pub fn workflow(&self, wf_id: &str) -> Option<&WorkflowTrack> {
+        self.workflows.get(wf_id)
+    }
+
+    /// The plan of `wf` given its live rows.
+    pub fn plan(&self, wf: &Workflow, live: &[Execution], now: OffsetDateTime) -> Plan {
+        plan::plan(self.workflow(&wf.id), self.context(&wf.id, now), wf, live)
+    }
+
+    /// Commits one project-mode poll: `listed` is the (deduplicated) workflow list, `fetches`
+    /// what was read of each workflow polled, or why it failed.
+    pub fn commit_project(
+        &mut self,
+        listed: &[Workflow],
+        fetches: Vec<(String, Result<WorkflowFetch, FetchError>)>,
+        now: OffsetDateTime,
+    ) {
+        let now_us = micros(now);
+        let listed_ids: HashSet<&str> = listed.iter().map(|w| w.id.as_str()).collect();
+        if listed.is_empty() && !self.workflows.is_empty() {
+            self.anomaly("empty_workflow_list", 1);
+        }
+        // Workflows missing from this listing keep their state for the grace period.
+        let mut missing = 0;
+        let mut forget = Vec::new();
+        for (id, track) in &mut self.workflows {
+            if listed_ids.contains(id.as_ref()) {
+                track.absent = 0;
+                continue;
+            }
+            missing += 1;
+            track.absent += 1;
+            track.up = false;
+            if track.absent > WORKFLOW_GRACE_LISTINGS {
+                forget.push(id.clone());
             }
         }
-        let Some(watermark) = watermark else {
-            return RecentQuery::All;
-        };
-        RecentQuery::From(from_micros(watermark))
-    }
-
-    /// When `execution_count` can be compared with the previous poll's: the executions it
-    /// counts since then that are already known (counted ahead, or in the live rows).
-    fn seen_new<'a>(
-        &'a self,
-        wf: &Workflow,
-        watermark: Option<Micros>,
-        live: &'a [Execution],
-    ) -> Option<HashSet<&'a str>> {
-        let track = self.workflows.get(wf.id.as_str());
-        // The counts are comparable when the watermark is the list's last_executed_at, or
-        // when the workflow had no execution at all.
-        let comparable = watermark.is_none() || track.is_none_or(|t| t.watermark_from_list);
-        if !comparable || wf.execution_count.is_none() {
-            return None;
-        }
-        let now = wf.last_executed_at.map(micros);
-        let mut seen: HashSet<&str> = track
-            .map(|t| t.ahead.iter().map(String::as_str).collect())
-            .unwrap_or_default();
-        for row in live {
-            if self.in_count_window(row, watermark, now) {
-                seen.insert(row.id.as_str());
-            }
-        }
-        Some(seen)
-    }
-
-    /// Whether a row started after the watermark and by the workflow list's last_executed_at.
-    fn in_count_window(
-        &self,
-        row: &Execution,
-        watermark: Option<Micros>,
-        now: Option<Micros>,
-    ) -> bool {
-        row.started_at
-            .map(micros)
-            .is_some_and(|s| watermark.is_none_or(|w| s > w) && now.is_none_or(|n| s <= n))
-    }
-
-    /// Of the rows of a `status=failed` listing, how many are among the `unseen` executions of
-    /// [`RecentQuery::Failed`]: started in the count window and not known yet.
-    pub fn unseen_failed(&self, wf: &Workflow, after: OffsetDateTime, failed: &[Execution]) -> u64 {
-        let track = self.workflows.get(wf.id.as_str());
-        let now = wf.last_executed_at.map(micros);
-        failed
-            .iter()
-            .filter(|r| r.status == ExecutionStatus::Failed)
-            .filter(|r| self.in_count_window(r, Some(micros(after)), now))
-            .filter(|r| {
-                track.is_none_or(|t| !t.ahead.contains(&r.id) && !t.live.contains_key(&r.id))
-            })
-            .map(|r| r.id.as_str())
-            .collect::<HashSet<_>>()
-            .len() as u64
-    }
-
-    /// Executions that were live at the last poll and appear in neither listing now: they
-    /// finished (or moved to a status the exporter does not know).
-    pub fn vanished(
-        &self,
-        wf_id: &str,
-        live: &[Execution],
-        recent: &[Execution],
-    ) -> Vec<(String, Option<OffsetDateTime>)> {
-        let Some(track) = self.workflows.get(wf_id) else {
-            return Vec::new();
-        };
-        let seen: HashSet<&str> = live.iter().chain(recent).map(|r| r.id.as_str()).collect();
-        let mut gone: Vec<_> = track
-            .live
-            .iter()
-            .filter(|(id, _)| !seen.contains(id.as_str()))
-            .map(|(id, e)| (id.clone(), e.started_at.map(from_micros)))
-            .collect();
-        gone.sort();
-        gone
-    }
-
-    /// Commits a complete project-mode poll: every workflow of the project, observed.
-    pub fn commit_project(&mut self, observations: Vec<WorkflowObservation>, now: OffsetDateTime) {
-        let counting_baseline = self.baseline.is_some();
-        let listed: HashSet<String> = observations.iter().map(|o| o.workflow.id.clone()).collect();
-        // Deleted workflows leave with their series.
-        let gone: Vec<Arc<str>> = self
-            .workflows
-            .keys()
-            .filter(|id| !listed.contains(id.as_ref()))
-            .cloned()
-            .collect();
-        for id in gone {
+        self.anomaly("workflow_missing", missing);
+        for id in forget {
             self.workflows.remove(&id);
-            self.counters.started.remove(&id);
-            self.counters.handoffs.remove(&id);
-            for s in ExecutionStatus::TERMINAL {
-                self.counters.finished.remove(&(id.clone(), s));
+            self.forgotten.insert(id, now_us);
+        }
+        // Listed workflows the poll did not get to (it stopped at an error of the whole key)
+        // keep their state, marked stale.
+        let fetched: HashSet<&str> = fetches.iter().map(|(id, _)| id.as_str()).collect();
+        for (id, track) in &mut self.workflows {
+            if listed_ids.contains(id.as_ref()) && !fetched.contains(id.as_ref()) {
+                track.up = false;
             }
         }
-        for obs in observations {
-            let counting = if counting_baseline {
-                self.counting_from(&obs.workflow)
-            } else {
-                None
-            };
-            self.commit_workflow(obs, counting);
+        for (wf_id, fetch) in fetches {
+            match fetch {
+                Ok(f) => self.commit_workflow(f, now_us),
+                Err((kind, _)) => {
+                    let id = self.intern(&wf_id);
+                    if let Some(track) = self.workflows.get_mut(&id) {
+                        track.up = false;
+                    }
+                    *self.workflow_errors.entry((id, kind)).or_default() += 1;
+                }
+            }
         }
         self.release_unused();
-        self.baseline.get_or_insert(micros(now));
+        self.baseline.get_or_insert(now_us);
     }
 
-    fn commit_workflow(&mut self, obs: WorkflowObservation, counting: Option<Option<Micros>>) {
-        let wf_id = self.intern(&obs.workflow.id);
-        let meta = WorkflowMeta {
-            name: obs
+    fn commit_workflow(&mut self, f: WorkflowFetch, now: Micros) {
+        let wf_id = self.intern(&f.workflow.id);
+        self.forgotten.remove(&wf_id);
+        let mut track = self.workflows.remove(&wf_id).unwrap_or_default();
+        let mut observed = Observed::new();
+        observed.listing(&f.live);
+        let live_duplicates = observed.duplicates;
+        let window_ids: HashSet<&str> = f.window.iter().map(|r| r.id.as_str()).collect();
+        observed.listing(&f.window);
+        let window_duplicates = observed.duplicates - live_duplicates;
+        observed.duplicates = 0;
+        for row in &f.resolved {
+            if observed.rows.insert(row.id.as_str(), row).is_none() {
+                observed.order.push(row.id.as_str());
+            }
+        }
+        self.anomaly("duplicate_execution", live_duplicates + window_duplicates);
+
+        let window = f.plan.window.as_ref();
+        let prev_from = track.window_from;
+        let mut newest: Option<Micros> = None;
+        let mut implausible = 0;
+        for id in &observed.order {
+            let row = observed.rows[id];
+            let in_window = window_ids.contains(id);
+            let mut start = plausible(row.started_at, now);
+            // A window row that started before the window it was listed in has a start that
+            // cannot be right.
+            if let (true, Some(w), Some(s)) = (in_window, window, start) {
+                if s < w.created_after.saturating_sub(PRECISION_SLACK) {
+                    start = None;
+                }
+            }
+            let prev = track.execs.get(*id);
+            if prev.is_none() && start.is_none() {
+                implausible += 1;
+            }
+            if in_window {
+                newest = newest.max(start);
+            }
+            // Without a window listing, an unknown live row is counted only when the planner
+            // found it is exactly what execution_count says started (it began in the window).
+            let after_window = |s: Option<Micros>| {
+                s.is_some_and(|s| {
+                    prev_from.is_some_and(|from| s >= from.saturating_add(PRECISION_SLACK))
+                })
+            };
+            let countable = match window.map(|w| w.count) {
+                None => after_window(start),
+                Some(CountRule::Nothing) => false,
+                Some(CountRule::All) => in_window,
+                Some(CountRule::StartedAfter(t)) => in_window && start.is_some_and(|s| s > t),
+                // A live row the window listing skipped (a page boundary of coarse cursors)
+                // started inside the window all the same.
+                Some(CountRule::Unknown) => in_window || after_window(start),
+            };
+            let fx = effect(prev, row.status, countable);
+            self.count(&wf_id, &fx);
+            let next = self.remembered(&wf_id, prev, row, start);
+            track.execs.insert((*id).to_owned(), next);
+        }
+        self.anomaly("implausible_timestamp", implausible);
+        // Ids not seen anywhere this poll.
+        let seen: HashSet<&str> = observed.rows.keys().copied().collect();
+        let gone: HashSet<&str> = f.gone.iter().map(String::as_str).collect();
+        let mut lost = 0;
+        track.execs.retain(|id, exec| {
+            if seen.contains(id.as_str()) {
+                return true;
+            }
+            match exec {
+                Exec::Live(_) | Exec::Pending(_) if gone.contains(id.as_str()) => {
+                    lost += 1;
+                    false
+                }
+                Exec::Live(e) => {
+                    *exec = Exec::Pending(e.clone());
+                    true
+                }
+                _ => true,
+            }
+        });
+        self.anomaly("outcome_lost", lost);
+        if let Some(w) = window {
+            let from = newest
+                .map_or(w.created_after, |n| n.saturating_sub(MARGIN))
+                .max(w.created_after);
+            track.window_from = Some(prev_from.map_or(from, |p| p.max(from)));
+        }
+        // Finished executions are remembered only while a window listing may return them.
+        if let Some(from) = track.window_from {
+            let floor = from.saturating_sub(PRECISION_SLACK);
+            let window_ran = window.is_some();
+            track.execs.retain(|id, exec| match exec {
+                Exec::Seen(Some(s)) => *s >= floor,
+                Exec::Seen(None) => !window_ran || window_ids.contains(id.as_str()),
+                _ => true,
+            });
+        }
+        track.signals = Signals::of(&f.workflow);
+        track.meta = Some(WorkflowMeta {
+            name: f
                 .workflow
                 .name
                 .clone()
-                .unwrap_or_else(|| obs.workflow.id.clone()),
-            status: obs
+                .unwrap_or_else(|| f.workflow.id.clone()),
+            status: f
                 .workflow
                 .status
                 .clone()
                 .unwrap_or_else(|| "unknown".to_owned()),
-        };
-        let mut track = self.workflows.remove(&wf_id).unwrap_or_default();
-        let prev_live = std::mem::take(&mut track.live);
-        let watermark = counting.flatten();
-        let mut max_started = track.watermark;
-        let mut live: HashMap<String, LiveExec> = HashMap::new();
-        let mut seen = HashSet::new();
-        for row in obs.live.iter().chain(&obs.recent) {
-            let started = row.started_at.map(micros);
-            max_started = max_started.max(started);
-            if row.status.is_live() {
-                let exec = self.live_exec(&wf_id, row);
-                match live.get(&row.id) {
-                    Some(old) if old.last_event_at >= exec.last_event_at => {}
-                    _ => {
-                        live.insert(row.id.clone(), exec);
-                    }
-                }
-            }
-            if !seen.insert(row.id.as_str()) {
-                continue;
-            }
-            let Some(_) = counting else { continue };
-            let prev = prev_live.get(&row.id);
-            let known = prev.is_some() || track.ahead.contains(&row.id);
-            let is_new = !known && started.is_some_and(|s| watermark.is_none_or(|w| s > w));
-            self.counters
-                .count(&wf_id, is_new, prev.map(|p| p.status), row.status);
-        }
-        if counting.is_some() && obs.unseen_ended > 0 {
-            *self.counters.started.entry(wf_id.clone()).or_default() += obs.unseen_ended;
-            *self
-                .counters
-                .finished
-                .entry((wf_id.clone(), ExecutionStatus::Ended))
-                .or_default() += obs.unseen_ended;
-        }
-        if counting.is_some() {
-            for (id, exec) in &prev_live {
-                if seen.contains(id.as_str()) {
-                    continue;
-                }
-                let outcome = obs
-                    .outcomes
-                    .get(id)
-                    .copied()
-                    .unwrap_or(ExecutionStatus::Ended);
-                if outcome.is_terminal() {
-                    *self
-                        .counters
-                        .finished
-                        .entry((wf_id.clone(), outcome))
-                        .or_default() += 1;
-                } else if outcome.is_live() {
-                    // It left the lists while they were read; it is still live.
-                    let mut exec = exec.clone();
-                    if outcome == ExecutionStatus::Handoff
-                        && exec.status != ExecutionStatus::Handoff
-                    {
-                        *self.counters.handoffs.entry(wf_id.clone()).or_default() += 1;
-                    }
-                    exec.status = outcome;
-                    live.insert(id.clone(), exec);
-                }
-            }
-        }
-        // Advance the watermark to the list's last_executed_at when it has one, else to the
-        // newest start seen; remember counted executions beyond it.
-        let list_mark = obs.workflow.last_executed_at.map(micros);
-        let new_mark = list_mark.or(max_started).max(track.watermark);
-        track.watermark_from_list = list_mark.is_some() && obs.workflow.execution_count.is_some();
-        track.ahead = obs
-            .live
-            .iter()
-            .chain(&obs.recent)
-            .filter(|r| {
-                r.started_at
-                    .map(micros)
-                    .is_some_and(|s| new_mark.is_some_and(|m| s > m))
-            })
-            .map(|r| r.id.clone())
-            .collect();
-        track.watermark = new_mark;
-        track.execution_count = obs.workflow.execution_count;
-        track.meta = Some(meta);
-        track.live = live;
+        });
+        track.up = true;
+        track.last_success = Some(now);
+        track.absent = 0;
         self.counters.zero_fill(&wf_id);
         self.workflows.insert(wf_id, track);
     }
 
-    fn live_exec(&mut self, wf_id: &Arc<str>, row: &Execution) -> LiveExec {
-        LiveExec {
+    fn count(&mut self, wf_id: &Arc<str>, fx: &Effect) {
+        if fx.started {
+            *self.counters.started.entry(wf_id.clone()).or_default() += 1;
+        }
+        if let Some(s) = fx.finished {
+            *self
+                .counters
+                .finished
+                .entry((wf_id.clone(), s))
+                .or_default() += 1;
+        }
+        if fx.handoff {
+            *self.counters.handoffs.entry(wf_id.clone()).or_default() += 1;
+        }
+        if fx.unknown_status {
+            self.anomaly("unknown_status", 1);
+        }
+        if fx.reappeared {
+            self.anomaly("reappeared", 1);
+        }
+    }
+
+    /// What to remember of an id after seeing `row`.
+    fn remembered(
+        &mut self,
+        wf_id: &Arc<str>,
+        prev: Option<&Exec>,
+        row: &Execution,
+        start: Option<Micros>,
+    ) -> Exec {
+        if let Some(Exec::Seen(s)) = prev {
+            // Finished is final: a row that says otherwise is counted as an anomaly only.
+            return Exec::Seen(*s);
+        }
+        if row.status.is_terminal() {
+            return Exec::Seen(start);
+        }
+        let exec = LiveExec {
             workflow_id: wf_id.clone(),
             status: row.status,
             conversation_id: row
                 .whatsapp_conversation_id
                 .as_deref()
                 .map(|c| self.intern(c)),
-            started_at: row.started_at.map(micros),
+            started_at: start,
             last_event_at: row.last_event_at.or(row.started_at).map(micros),
+        };
+        if row.status.is_live() {
+            Exec::Live(exec)
+        } else {
+            Exec::Pending(exec)
         }
     }
 
-    /// Commits a complete conversation-mode poll: every executions row of each watched
-    /// conversation, all statuses.
+    /// Pending executions of a conversation that its listing no longer shows: the poller
+    /// reads them by id ([`PENDING_BY_ID_MAX`] a poll).
+    pub fn conversation_followups(&self, conversation: &str, rows: &[Execution]) -> Vec<String> {
+        let Some(track) = self.conversations.get(conversation) else {
+            return Vec::new();
+        };
+        let listed: HashSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+        let mut ids: Vec<String> = track
+            .execs
+            .iter()
+            .filter(|(id, e)| matches!(e, Exec::Pending(_)) && !listed.contains(id.as_str()))
+            .map(|(id, _)| id.clone())
+            .collect();
+        ids.sort_unstable();
+        ids.truncate(PENDING_BY_ID_MAX);
+        ids
+    }
+
+    /// Commits one conversation-mode poll: what was read of each watched conversation, or why
+    /// it failed. Conversations no longer watched are forgotten.
     pub fn commit_conversations(
         &mut self,
-        observations: Vec<(String, Vec<Execution>)>,
+        watched: &[String],
+        fetches: Vec<(String, Result<ConversationFetch, FetchError>)>,
         now: OffsetDateTime,
     ) {
-        let listed: HashSet<&str> = observations.iter().map(|(c, _)| c.as_str()).collect();
+        let now_us = micros(now);
+        let watched: HashSet<&str> = watched.iter().map(String::as_str).collect();
         self.conversations
-            .retain(|id, _| listed.contains(id.as_ref()));
-        for (conversation, rows) in observations {
-            self.commit_conversation(&conversation, rows);
+            .retain(|id, _| watched.contains(id.as_ref()));
+        let fetched: HashSet<&str> = fetches.iter().map(|(c, _)| c.as_str()).collect();
+        for (id, track) in &mut self.conversations {
+            if !fetched.contains(id.as_ref()) {
+                track.up = false;
+            }
+        }
+        for (conversation, fetch) in fetches {
+            match fetch {
+                Ok(f) => self.commit_conversation(&conversation, f, now_us),
+                Err(_) => {
+                    if let Some(t) = self.conversations.get_mut(conversation.as_str()) {
+                        t.up = false;
+                    }
+                }
+            }
         }
         // Every workflow a row named is in `self.workflows`; zero-fill once, not per conversation.
         for wf_id in self.workflows.keys() {
             self.counters.zero_fill(wf_id);
         }
         self.release_unused();
-        self.baseline.get_or_insert(micros(now));
+        self.baseline.get_or_insert(now_us);
     }
 
-    fn commit_conversation(&mut self, conversation: &str, rows: Vec<Execution>) {
+    fn commit_conversation(&mut self, conversation: &str, f: ConversationFetch, now: Micros) {
         let conv_id = self.intern(conversation);
-        let baseline = self.baseline;
-        let mut track = self
-            .conversations
-            .remove(&conv_id)
-            .unwrap_or_else(|| ConversationTrack {
-                // A conversation added after the first poll counts what started since then.
-                watermark: baseline,
-                live: HashMap::new(),
-            });
-        let counting = baseline.is_some();
-        let prev_live = std::mem::take(&mut track.live);
-        let mut max_started = track.watermark;
-        let mut seen = HashSet::new();
-        for row in &rows {
-            if !seen.insert(row.id.as_str()) {
-                continue;
+        let mut track = self.conversations.remove(&conv_id).unwrap_or_default();
+        let mut observed = Observed::new();
+        observed.listing(&f.rows);
+        self.anomaly("duplicate_execution", observed.duplicates);
+        for row in &f.resolved {
+            if observed.rows.insert(row.id.as_str(), row).is_none() {
+                observed.order.push(row.id.as_str());
             }
-            let wf = row.workflow.clone().unwrap_or_default();
-            let wf_id = self.intern(wf.id.as_deref().unwrap_or(UNKNOWN_WORKFLOW));
+        }
+        // The listing holds every execution of the conversation: an id not known whose start
+        // is at or after `from` is new. The first commit at the exporter's start counts none;
+        // a conversation first watched later counts what started after the first poll.
+        let rule = match (track.window_from, self.baseline) {
+            (Some(from), _) => Some(from.saturating_sub(PRECISION_SLACK)),
+            (None, Some(baseline)) => Some(baseline.saturating_add(PRECISION_SLACK)),
+            (None, None) => None,
+        };
+        let mut newest: Option<Micros> = None;
+        let mut implausible = 0;
+        for id in &observed.order {
+            let row = observed.rows[id];
+            let start = plausible(row.started_at, now);
+            newest = newest.max(start);
+            let prev = track.execs.get(*id);
+            if prev.is_none() && start.is_none() {
+                implausible += 1;
+            }
+            let countable = rule.is_some_and(|from| start.is_some_and(|s| s >= from));
+            let wf = row.workflow.as_deref();
+            let known_wf = match prev {
+                Some(Exec::Live(e) | Exec::Pending(e)) => Some(e.workflow_id.clone()),
+                _ => None,
+            };
+            let wf_id = match (wf.and_then(|w| w.id.as_deref()), known_wf) {
+                (Some(id), _) => self.intern(id),
+                (None, Some(id)) => id,
+                (None, None) => self.intern(UNKNOWN_WORKFLOW),
+            };
             let entry = self.workflows.entry(wf_id.clone()).or_default();
-            if wf.name.is_some() || entry.meta.is_none() {
+            if wf.is_some_and(|w| w.name.is_some()) || entry.meta.is_none() {
                 entry.meta = Some(WorkflowMeta {
-                    name: wf.name.clone().unwrap_or_else(|| wf_id.to_string()),
-                    status: wf.status.clone().unwrap_or_else(|| "unknown".to_owned()),
+                    name: wf
+                        .and_then(|w| w.name.clone())
+                        .unwrap_or_else(|| wf_id.to_string()),
+                    status: wf
+                        .and_then(|w| w.status.clone())
+                        .unwrap_or_else(|| "unknown".to_owned()),
                 });
             }
-            let started = row.started_at.map(micros);
-            max_started = max_started.max(started);
-            if row.status.is_live() {
-                let mut exec = self.live_exec(&wf_id, row);
-                exec.conversation_id = Some(conv_id.clone());
-                track.live.insert(row.id.clone(), exec);
+            let fx = effect(prev, row.status, countable);
+            self.count(&wf_id, &fx);
+            let mut next = self.remembered(&wf_id, prev, row, start);
+            if let Exec::Live(e) | Exec::Pending(e) = &mut next {
+                e.conversation_id = Some(conv_id.clone());
             }
-            if !counting {
-                continue;
-            }
-            let prev = prev_live.get(&row.id);
-            let is_new =
-                prev.is_none() && started.is_some_and(|s| track.watermark.is_none_or(|w| s > w));
-            self.counters
-                .count(&wf_id, is_new, prev.map(|p| p.status), row.status);
+            track.execs.insert((*id).to_owned(), next);
         }
-        track.watermark = max_started;
+        self.anomaly("implausible_timestamp", implausible);
+        let seen: HashSet<&str> = observed.rows.keys().copied().collect();
+        let gone: HashSet<&str> = f.gone.iter().map(String::as_str).collect();
+        let mut lost = 0;
+        track.execs.retain(|id, exec| {
+            if seen.contains(id.as_str()) {
+                return true;
+            }
+            match exec {
+                Exec::Live(_) | Exec::Pending(_) if gone.contains(id.as_str()) => {
+                    lost += 1;
+                    false
+                }
+                Exec::Live(e) => {
+                    *exec = Exec::Pending(e.clone());
+                    true
+                }
+                // A finished id with a start stays until the window passes it (a page skipped
+                // by coarse cursors may show it again); without one it is never counted anyway.
+                Exec::Seen(s) => s.is_some(),
+                Exec::Pending(_) => true,
+            }
+        });
+        self.anomaly("outcome_lost", lost);
+        let from = newest
+            .map(|n| n.saturating_sub(MARGIN))
+            .or(track.window_from)
+            .unwrap_or_else(|| self.baseline.unwrap_or(now).min(now).saturating_sub(MARGIN));
+        track.window_from = Some(track.window_from.map_or(from, |p| p.max(from)));
+        if let Some(from) = track.window_from {
+            let floor = from.saturating_sub(PRECISION_SLACK);
+            track.execs.retain(|_, exec| match exec {
+                Exec::Seen(Some(s)) => *s >= floor,
+                _ => true,
+            });
+        }
+        track.up = true;
         self.conversations.insert(conv_id, track);
     }
 
     /// Every live execution, in either mode.
     fn live_execs(&self) -> impl Iterator<Item = &LiveExec> {
+        fn live(e: &Exec) -> Option<&LiveExec> {
+            match e {
+                Exec::Live(x) => Some(x),
+                _ => None,
+            }
+        }
         self.workflows
             .values()
-            .flat_map(|t| t.live.values())
-            .chain(self.conversations.values().flat_map(|t| t.live.values()))
+            .flat_map(|t| t.execs.values().filter_map(live))
+            .chain(
+                self.conversations
+                    .values()
+                    .flat_map(|t| t.execs.values().filter_map(live)),
+            )
+    }
+
+    /// Watched conversations whose last listing failed.
+    fn conversations_down(&self) -> usize {
+        self.conversations.values().filter(|c| !c.up).count()
     }
 
     /// The metrics' view of what the tracker knows.
@@ -606,48 +844,58 @@ impl Tracker {
         }
         series.shrink_to_fit();
         snap.conversations = series;
-        snap.started = self.counters.started.clone();
-        snap.finished = self.counters.finished.clone();
-        snap.handoffs = self.counters.handoffs.clone();
+        // Counters of forgotten workflows are kept, but their series leave with the workflow.
+        let known = |id: &Arc<str>| self.workflows.contains_key(id);
+        snap.started = self
+            .counters
+            .started
+            .iter()
+            .filter(|(id, _)| known(id))
+            .map(|(id, n)| (id.clone(), *n))
+            .collect();
+        snap.finished = self
+            .counters
+            .finished
+            .iter()
+            .filter(|((id, _), _)| known(id))
+            .map(|(k, n)| (k.clone(), *n))
+            .collect();
+        snap.handoffs = self
+            .counters
+            .handoffs
+            .iter()
+            .filter(|(id, _)| known(id))
+            .map(|(id, n)| (id.clone(), *n))
+            .collect();
+        for (id, track) in &self.workflows {
+            if track.last_success.is_some() || !track.up {
+                snap.workflow_health.insert(
+                    id.clone(),
+                    WorkflowHealth {
+                        up: track.up,
+                        last_success: track.last_success,
+                    },
+                );
+            }
+            snap.outcome_unknown
+                .insert(id.clone(), track.pending_count());
+        }
+        for track in self.conversations.values() {
+            for e in track.execs.values() {
+                if let Exec::Pending(p) = e {
+                    *snap
+                        .outcome_unknown
+                        .entry(p.workflow_id.clone())
+                        .or_default() += 1;
+                }
+            }
+        }
+        snap.anomalies = ANOMALIES
+            .iter()
+            .map(|k| (*k, self.anomalies.get(k).copied().unwrap_or(0)))
+            .collect();
+        snap.workflow_errors = self.workflow_errors.clone();
+        snap.conversations_down = self.conversations_down();
         snap
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-
-    use super::*;
-
-    fn row(id: &str, workflow: &str, conversation: &str) -> Execution {
-        serde_json::from_value(serde_json::json!({
-            "id": id,
-            "status": "waiting",
-            "started_at": "2026-11-24T10:00:00Z",
-            "last_event_at": "2026-11-24T10:00:00Z",
-            "workflow": {"id": workflow, "name": "Support"},
-            "whatsapp_conversation_id": conversation,
-        }))
-        .unwrap()
-    }
-
-    #[test]
-    fn ids_that_left_are_not_kept() {
-        let now = OffsetDateTime::now_utc();
-        let mut t = Tracker::new();
-        t.commit_conversations(
-            vec![
-                ("c-1".to_owned(), vec![row("e-1", "wf-1", "c-1")]),
-                ("c-2".to_owned(), vec![row("e-2", "wf-1", "c-2")]),
-            ],
-            now,
-        );
-        assert!(t.interned.contains("c-1") && t.interned.contains("c-2"));
-        t.commit_conversations(
-            vec![("c-2".to_owned(), vec![row("e-2", "wf-1", "c-2")])],
-            now,
-        );
-        assert!(!t.interned.contains("c-1"), "{:?}", t.interned);
-        assert!(t.interned.contains("c-2") && t.interned.contains("wf-1"));
     }
 }

@@ -251,12 +251,42 @@ pub const PAGE: u64 = 100;
 /// The fewest requests that observe a project: the workflow list (`GET /workflows` has no
 /// paging), every page of every (workflow, live status) list, and one request per workflow
 /// with executions that finished since the previous poll (their outcome cannot be known
-/// otherwise; new executions are counted from `execution_count`).
+/// without asking).
 pub fn lower_bound(truth: &GroundTruth, finished_since: &BTreeMap<String, u64>) -> u64 {
     let workflows = 1;
     let pages: u64 = truth.live.values().map(|n| n.div_ceil(PAGE).max(1)).sum();
     let classify = finished_since.values().filter(|n| **n > 0).count() as u64;
     workflows + pages + classify
+}
+
+/// The most requests the README's rule allows one poll: the workflow list, every page of
+/// every (workflow, live status) list, plus at the exporter's first poll one `created_after`
+/// listing per workflow, and later at most 3 more requests per workflow where executions
+/// started or finished since the previous poll (`active`: executions per workflow), plus
+/// `extra_pages` pages past the first 100 rows of those listings.
+pub fn ceiling(
+    truth: &GroundTruth,
+    active: &BTreeMap<String, u64>,
+    first_poll: bool,
+    extra_pages: u64,
+) -> u64 {
+    let pages: u64 = truth.live.values().map(|n| n.div_ceil(PAGE).max(1)).sum();
+    let extra = if first_poll {
+        truth.workflows.len() as u64
+    } else {
+        3 * active.values().filter(|n| **n > 0).count() as u64
+    };
+    1 + pages + extra + extra_pages
+}
+
+/// Executions started or finished per workflow between two ground truths.
+pub fn activity_between(before: &GroundTruth, after: &GroundTruth) -> BTreeMap<String, u64> {
+    let mut out = finished_between(before, after);
+    for (wf, n) in &after.started {
+        let was = before.started.get(wf).copied().unwrap_or(0);
+        *out.entry(wf.clone()).or_default() += n - was;
+    }
+    out
 }
 
 /// Executions finished per workflow between two ground truths.
