@@ -177,7 +177,8 @@ pub fn plan(prev: Option<&WorkflowTrack>, ctx: Context, wf: &Workflow, live: &[E
         }
         match exec {
             Exec::Live(e) if !covered(e.started_at) => fresh.push((id, e.started_at)),
-            Exec::Pending(e) if !covered(e.started_at) => pending.push(id),
+            // Already missing from one poll's answers: only a read by id is sure to find it.
+            Exec::Pending(_) => pending.push(id),
             _ => {}
         }
     }

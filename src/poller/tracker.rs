@@ -899,3 +899,6 @@ impl Tracker {
         snap
     }
 }
+
+#[cfg(test)]
+mod tests;
