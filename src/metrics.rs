@@ -391,14 +391,14 @@ impl Collector for KapsoCollector {
         family(
             &mut enc,
             "kapso_workflow_executions_started",
-            "Executions first seen since the exporter started (history before its first poll is not counted).",
+            "Executions started since the exporter's first poll, each counted once by id.",
             MetricType::Counter,
             started.iter().map(|(l, n)| (borrow(l), Value::Counter(*n))),
         )?;
         family(
             &mut enc,
             "kapso_workflow_executions_finished",
-            "Executions seen reaching ended or failed since the exporter started.",
+            "Executions Kapso reported ended or failed since the exporter started, each counted once by id.",
             MetricType::Counter,
             finished
                 .iter()
@@ -407,7 +407,7 @@ impl Collector for KapsoCollector {
         family(
             &mut enc,
             "kapso_workflow_execution_handoffs",
-            "Executions seen entering handoff since the exporter started.",
+            "Entries into handoff seen since the exporter started, each counted once.",
             MetricType::Counter,
             handoffs
                 .iter()
@@ -461,7 +461,7 @@ impl KapsoCollector {
         let gauges: [(&str, &str, Series); 10] = [
             (
                 "kapso_up",
-                "1 when the last poll of the project completed, else 0.",
+                "1 when the last poll read the workflow list and no request failed for a reason that concerns the whole API key, else 0.",
                 per_project(&|v| Some(f64::from(u8::from(v.up)))),
             ),
             (

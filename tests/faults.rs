@@ -65,6 +65,9 @@ enum Expect {
     Tolerates,
     /// The poll succeeds; rows in a status the exporter does not know are not live.
     NothingLive,
+    /// Some workflows fail with this kind on their own: they keep their last good state
+    /// (`kapso_workflow_up 0`), the others update, and the poll succeeds.
+    Isolated(&'static str),
 }
 
 struct Case {
@@ -235,7 +238,7 @@ fn matrix() -> Vec<(&'static str, Case)> {
                     looping_cursor: true,
                     ..Faults::default()
                 }),
-                Fails("paging"),
+                Isolated("paging"),
             ),
         ),
         (
@@ -383,6 +386,18 @@ fn errors(samples: &Samples, kind: &str) -> f64 {
 fn live_by_id(samples: &Samples) -> BTreeMap<(String, String), f64> {
     series(samples, "kapso_workflow_executions")
         .map(|(l, v)| ((l["workflow_id"].clone(), l["status"].clone()), v))
+        .collect()
+}
+
+/// The live gauges of the workflows whose last poll committed (`kapso_workflow_up 1`).
+fn fresh_live(samples: &Samples) -> BTreeMap<(String, String), f64> {
+    let stale: Vec<String> = series(samples, "kapso_workflow_up")
+        .filter(|(_, v)| *v == 0.0)
+        .map(|(l, _)| l["workflow_id"].clone())
+        .collect();
+    live_by_id(samples)
+        .into_iter()
+        .filter(|((id, _), _)| !stale.contains(id))
         .collect()
 }
 
@@ -549,7 +564,12 @@ async fn run(name: &str) {
             } else {
                 canonical
             };
-            assert_eq!(live_by_id(&during), truth_live(&truth, ids), "{name}");
+            if name == "drift_non_uuid_ids" {
+                // The workflows under their old spelling are missing from the listing: their
+                // series stay, marked stale, for the grace period.
+                assert!(fresh_live(&during).len() < live_by_id(&during).len());
+            }
+            assert_eq!(fresh_live(&during), truth_live(&truth, ids), "{name}");
             assert_eq!(one(&during, "kapso_up"), Some(1.0));
             assert_eq!(
                 one(&during, "kapso_last_poll_success_timestamp_seconds"),
@@ -565,6 +585,29 @@ async fn run(name: &str) {
                     truth_counts(&truth),
                     "{name}"
                 );
+            }
+        }
+        Expect::Isolated(kind) => {
+            result.unwrap_or_else(|e| panic!("{name}: the poll must succeed: {e}"));
+            assert_eq!(one(&during, "kapso_up"), Some(1.0));
+            let failed: f64 = series(&during, "kapso_workflow_poll_errors_total")
+                .filter(|(l, _)| l["kind"] == kind)
+                .map(|(_, v)| v)
+                .sum();
+            assert!(failed >= 1.0, "{name}: no workflow failed with {kind}");
+            // A stale workflow shows exactly its last good values; the others the truth.
+            let good_live = live_by_id(&good);
+            let now_live = live_by_id(&during);
+            let fresh = fresh_live(&during);
+            let truth = truth_live(&rig.sim.ground_truth(), canonical);
+            assert!(fresh.len() < now_live.len(), "{name}: nothing stale");
+            for (key, v) in &now_live {
+                let want = if fresh.contains_key(key) {
+                    &truth
+                } else {
+                    &good_live
+                };
+                assert_eq!(Some(v), want.get(key), "{name}: {key:?}");
             }
         }
         Expect::NothingLive => {
@@ -600,7 +643,7 @@ async fn run(name: &str) {
         .unwrap_or_else(|e| panic!("{name}: no recovery in one poll: {e}"));
     let after = rig.scrape().await;
     let truth = rig.sim.ground_truth();
-    assert_eq!(live_by_id(&after), truth_live(&truth, canonical), "{name}");
+    assert_eq!(fresh_live(&after), truth_live(&truth, canonical), "{name}");
     assert_eq!(one(&after, "kapso_up"), Some(1.0));
     assert_eq!(
         one(&after, "kapso_last_poll_success_timestamp_seconds"),

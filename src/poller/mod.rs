@@ -12,7 +12,8 @@
 //!    requests failed for reasons of its own (404, 422, an undecodable page, paging) keeps its
 //!    last good state and shows `kapso_workflow_up 0`; the rest of the project updates. An
 //!    error that concerns the whole key or API (401/403, 429, 5xx, timeouts, transport) stops
-//!    the poll: what was read so far commits, and the poll counts as failed.
+//!    the poll: what was read so far commits, and the poll counts as failed. So does a poll in
+//!    which every workflow failed on its own.
 //!
 //! Conversation mode lists `GET /whatsapp/conversations/{id}/flow_executions` (every page, all
 //! statuses) per watched conversation, after discovering active conversations when asked, and
@@ -164,6 +165,7 @@ impl Poller {
         let client = &self.client;
         let mut outcome = Outcome::default();
         let mut fetches: Vec<(String, Result<WorkflowFetch, FetchError>)> = Vec::new();
+        let mut first_scoped = None;
         {
             let mut stream = futures::stream::iter(workflows.clone())
                 .map(|wf| fetch_workflow(client, tracker, wf, now))
@@ -179,9 +181,14 @@ impl Poller {
                     Err(e) => {
                         outcome.scoped_errors.push(format!("workflow {id}: {e}"));
                         fetches.push((id, Err((e.kind(), e.to_string()))));
+                        first_scoped.get_or_insert(e);
                     }
                 }
             }
+        }
+        // When every one failed, nothing updates: the poll as a whole failed.
+        if outcome.error.is_none() && fetches.iter().all(|(_, f)| f.is_err()) {
+            outcome.error = first_scoped;
         }
         self.tracker.commit_project(&workflows, fetches, now);
         outcome.committed = true;
@@ -208,6 +215,7 @@ impl Poller {
         let client = &self.client;
         let mut outcome = Outcome::default();
         let mut fetches: Vec<(String, Result<ConversationFetch, FetchError>)> = Vec::new();
+        let mut first_scoped = None;
         {
             let mut stream = futures::stream::iter(watched.clone())
                 .map(|id| fetch_conversation(client, tracker, id))
@@ -224,9 +232,14 @@ impl Poller {
                             .scoped_errors
                             .push(format!("conversation {id}: {e}"));
                         fetches.push((id, Err((e.kind(), e.to_string()))));
+                        first_scoped.get_or_insert(e);
                     }
                 }
             }
+        }
+        // When every one failed, nothing updates: the poll as a whole failed.
+        if outcome.error.is_none() && fetches.iter().all(|(_, f)| f.is_err()) {
+            outcome.error = first_scoped;
         }
         self.tracker.commit_conversations(&watched, fetches, now);
         outcome.committed = true;
