@@ -145,3 +145,62 @@ async fn promtool_lints_the_classic_text() {
     );
     assert!(report.trim().is_empty(), "promtool findings:\n{report}");
 }
+
+/// Every metric family `/metrics` serves is in the README's metrics table with its type and
+/// labels, and every row of the table is served: the documented contract cannot drift.
+#[tokio::test]
+async fn the_readme_documents_every_metric() {
+    let h = harness().await;
+    let body = h.scrape().await;
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let table: std::collections::BTreeMap<String, (String, String)> = readme
+        .lines()
+        .skip_while(|l| !l.starts_with("## Metrics"))
+        .take_while(|l| !l.starts_with("## HTTP endpoints"))
+        .filter_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            let name = cells.get(1)?.strip_prefix('`')?.strip_suffix('`')?;
+            Some((name.to_owned(), (cells[2].to_owned(), cells[3].to_owned())))
+        })
+        .collect();
+    let mut served = std::collections::BTreeMap::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            let name = if kind == "counter" && !name.ends_with("_total") {
+                format!("{name}_total")
+            } else {
+                name.to_owned()
+            };
+            served.insert(name, kind.to_owned());
+        }
+    }
+    for (name, kind) in &served {
+        let (doc_kind, _) = table
+            .get(name)
+            .unwrap_or_else(|| panic!("{name} is served but not in the README's table"));
+        assert!(
+            doc_kind.starts_with(kind.as_str()),
+            "{name}: {kind} vs {doc_kind}"
+        );
+    }
+    // Every label a series carries is named in its row.
+    let samples = support::parse(&body);
+    for ((name, labels), _) in &samples {
+        let (_, doc_labels) = table.get(name).unwrap_or_else(|| panic!("{name}"));
+        for label in labels.keys().filter(|l| *l != "project") {
+            assert!(
+                doc_labels.contains(label.as_str()),
+                "{name}: label {label} not documented"
+            );
+        }
+    }
+    for name in table.keys() {
+        // Families with no series in this small world are still declared.
+        assert!(
+            served.contains_key(name),
+            "{name} is documented but not served"
+        );
+    }
+}
