@@ -121,7 +121,8 @@ fn union<'a>(
     };
     match sets {
         [] => Box::new(std::iter::empty()),
-        [one] => ordered(one),
+        // The usual case (no stale part): one set, without the merge's overhead.
+        [one, rest @ ..] if rest.iter().all(|s| s.is_empty()) => ordered(one),
         many => {
             let mut heads: Vec<_> = many.iter().map(|s| ordered(s).peekable()).collect();
             Box::new(std::iter::from_fn(move || {
