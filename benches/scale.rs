@@ -301,6 +301,7 @@ fn sim_config(scale: &Scale, limit: u32, latency: Duration) -> SimulatorConfig {
         seed: 7,
         rate_limit_per_minute: Some(limit),
         latency,
+        variance: Default::default(),
     }
 }
 

@@ -90,7 +90,11 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
     let cancel = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
     if config.demo {
-        let demo = SimulatorConfig::demo();
+        let variance = config.demo_variance.clone();
+        let demo = SimulatorConfig {
+            variance,
+            ..SimulatorConfig::demo()
+        };
         let key = ApiKey::new(demo.api_key.clone());
         let sim = Simulator::new(demo, clock.clone());
         let running = sim

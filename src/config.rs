@@ -13,6 +13,7 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::kapso::ApiKey;
+use crate::simulator::Variance;
 use crate::web_config::WebConfig;
 
 /// The default Kapso Platform API.
@@ -108,6 +109,9 @@ pub struct Cli {
     /// Run against the embedded Kapso API simulator instead of the real API
     #[arg(long = "demo")]
     pub demo: bool,
+    /// With --demo: API variance presets for the simulator, comma-separated (seconds, millis, mixed-precision, offset, missing-counts, lagging-counts, shrinking-counts, deletions, unknown-statuses, duplicates, bad-rows, flaky-workflow-list, no-created-at, all)
+    #[arg(long = "demo.variance", value_name = "LIST")]
+    pub demo_variance: Option<String>,
 }
 
 /// A configuration problem, said in one line.
@@ -134,6 +138,8 @@ pub struct Config {
     /// Sorted, distinct, non-zero.
     pub stall_thresholds: Vec<Duration>,
     pub demo: bool,
+    /// The demo simulator's API variance (`--demo.variance`); default without it.
+    pub demo_variance: Variance,
 }
 
 /// Limits that keep slow or hostile HTTP clients from holding the server (see `http::server`).
@@ -270,6 +276,12 @@ impl Config {
             None => FileConfig::default(),
         };
         let base = path_base(cli.config_file.as_deref());
+        let demo_variance = match (&cli.demo_variance, cli.demo) {
+            (None, _) => Variance::default(),
+            (Some(_), false) => return Err(err("--demo.variance is only valid with --demo")),
+            (Some(list), true) => Variance::parse_list(list)
+                .map_err(|e| err(format!("--demo.variance {list:?}: {e}")))?,
+        };
         let poll_interval = duration(
             "--poll.interval",
             cli.poll_interval
@@ -471,6 +483,7 @@ impl Config {
             max_conversations,
             stall_thresholds,
             demo: cli.demo,
+            demo_variance,
         })
     }
 }
@@ -866,5 +879,21 @@ mod tests {
         let config = Config::load(&cli(&["--demo"]), &no_env).expect("valid");
         assert!(config.demo);
         assert_eq!(config.projects.len(), 1);
+        assert_eq!(config.demo_variance, Variance::default());
+    }
+
+    #[test]
+    fn demo_variance_needs_demo_and_known_presets() {
+        let config = Config::load(&cli(&["--demo", "--demo.variance", "duplicates"]), &no_env)
+            .expect("valid");
+        assert!(config.demo_variance.duplicate_workflows);
+        for args in [
+            &["--demo.variance", "seconds"][..],
+            &["--demo", "--demo.variance", "nope"][..],
+        ] {
+            let e = Config::load(&cli(args), &env_with_key).expect_err("invalid");
+            assert!(e.to_string().starts_with("--demo.variance"), "{e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
     }
 }

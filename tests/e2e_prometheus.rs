@@ -465,6 +465,7 @@ fn quiet_simulator(clock: &Clock, rate_limit: u32) -> Simulator {
         seed: 7,
         rate_limit_per_minute: Some(rate_limit),
         latency: Duration::ZERO,
+        variance: Default::default(),
     };
     Simulator::new(config, clock.clone())
 }

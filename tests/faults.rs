@@ -292,6 +292,7 @@ impl Rig {
                 seed: 11,
                 rate_limit_per_minute: Some(BUDGET),
                 latency: Duration::ZERO,
+                variance: Default::default(),
             },
             clock.clone(),
         );

@@ -28,6 +28,7 @@ fn world(clock: &Clock) -> Simulator {
             seed: 11,
             rate_limit_per_minute: None,
             latency: Duration::ZERO,
+            variance: Default::default(),
         },
         clock.clone(),
     );

@@ -212,6 +212,7 @@ async fn scenario(key_file: Option<&PathBuf>) {
             seed: 3,
             rate_limit_per_minute: Some(1000),
             latency: Duration::ZERO,
+            variance: Default::default(),
         },
         Clock::system(),
     );

@@ -7,8 +7,11 @@
 //! - `/workflow_executions/{execution_id}`
 //! - `/whatsapp/conversations` and `/whatsapp/conversations/{conversation_id}`
 //! - `/whatsapp/conversations/{conversation_id}/flow_executions`
+//!
+//! What a body shows also depends on the world's [`Variance`]: timestamp precision and offset,
+//! fields left out or null, duplicated rows, overridden `started_at` values, hidden workflows.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ops::Bound::{Included, Unbounded};
 use std::sync::Arc;
 
@@ -30,10 +33,12 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::codec::{
-    CursorColumn, Key, Ts, Uid, decode_cursor, encode_cursor, parse_time, parse_uuid,
+    CursorColumn, Key, TimeFormat, Ts, Uid, decode_cursor, encode_cursor, micros, parse_time,
+    parse_uuid,
 };
 use super::paging::{Page, PageRequest, page};
 use super::traffic::{Admission, endpoint_of};
+use super::variance::{Precision, Presence, StartOverride, Variance};
 use super::world::{Execution, Step, Workflow, World};
 use super::{Drift, ExecStatus, Shared, chance, lock};
 
@@ -121,6 +126,52 @@ fn data(body: impl Serialize) -> Response {
         data: T,
     }
     json_response(StatusCode::OK, &Data { data: body })
+}
+
+/// A field that a variance may leave out or set to `null`.
+#[derive(Clone, Copy, Debug)]
+enum Field<T> {
+    Value(T),
+    Null,
+    Absent,
+}
+
+impl<T> Field<T> {
+    /// `value` as `presence` says (`Present` with no value is `null`).
+    fn new(presence: Presence, value: Option<T>) -> Field<T> {
+        match (presence, value) {
+            (Presence::Present, Some(v)) => Field::Value(v),
+            (Presence::Present | Presence::Null, _) => Field::Null,
+            (Presence::Absent, _) => Field::Absent,
+        }
+    }
+
+    fn is_absent(&self) -> bool {
+        matches!(self, Field::Absent)
+    }
+}
+
+impl<T: Serialize> Serialize for Field<T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Field::Value(v) => v.serialize(s),
+            Field::Null | Field::Absent => s.serialize_none(),
+        }
+    }
+}
+
+/// The format of timestamps the variance gives no precision of their own (full precision,
+/// in the variance's offset).
+fn base_format(v: &Variance) -> TimeFormat {
+    TimeFormat {
+        precision: Precision::Micros,
+        offset: v.utc_offset,
+    }
+}
+
+/// The format of cursor timestamps.
+fn cursor_format(v: &Variance) -> TimeFormat {
+    base_format(v).with_precision(v.precision.cursor)
 }
 
 async fn not_found_route() -> ApiError {
@@ -436,6 +487,7 @@ impl Params {
             after: self.cursor("after", column)?,
             before: self.cursor("before", column)?,
             limit: self.limit()?,
+            repeat: None,
         })
     }
 }
@@ -464,14 +516,27 @@ struct WorkflowJson<'a> {
     message_debounce_seconds: i64,
     agent_default_tools_version: i64,
     inbound_message_read_mode: &'a str,
-    created_at: Ts,
+    #[serde(skip_serializing_if = "Field::is_absent")]
+    created_at: Field<Ts>,
     updated_at: Ts,
     project_id: Uid,
-    execution_count: u64,
-    last_executed_at: Option<Ts>,
+    #[serde(skip_serializing_if = "Field::is_absent")]
+    execution_count: Field<u64>,
+    #[serde(skip_serializing_if = "Field::is_absent")]
+    last_executed_at: Field<Ts>,
 }
 
-fn workflow_json<'a>(world: &World, w: &'a Workflow) -> WorkflowJson<'a> {
+/// A workflow as `now_us` sees it, through the world's variance.
+fn workflow_json<'a>(world: &World, w: &'a Workflow, now_us: i64) -> WorkflowJson<'a> {
+    let v = &world.variance;
+    let base = base_format(v);
+    let cutoff = |lag: std::time::Duration| {
+        (!lag.is_zero())
+            .then(|| now_us.saturating_sub(i64::try_from(lag.as_micros()).unwrap_or(i64::MAX)))
+    };
+    let count = world.shown_execution_count(w, cutoff(v.execution_count_lag), v.shrinking_count);
+    let last = world.shown_last_executed(w, cutoff(v.last_executed_at_lag));
+    let created = (!v.omit_created_at && !w.omit_created_at).then_some(w.created_us);
     WorkflowJson {
         id: Uid(w.id),
         name: &w.name,
@@ -482,11 +547,20 @@ fn workflow_json<'a>(world: &World, w: &'a Workflow) -> WorkflowJson<'a> {
         message_debounce_seconds: w.debounce_seconds,
         agent_default_tools_version: 2,
         inbound_message_read_mode: w.read_mode,
-        created_at: Ts(w.created_us),
-        updated_at: Ts(w.updated_us),
+        created_at: match created {
+            Some(us) => Field::Value(base.with_precision(v.precision.workflow_created_at).ts(us)),
+            None => Field::Absent,
+        },
+        updated_at: base.ts(w.updated_us),
         project_id: Uid(world.project_id),
-        execution_count: w.execution_count,
-        last_executed_at: w.last_executed_us.map(Ts),
+        execution_count: Field::new(v.execution_count, Some(count)),
+        last_executed_at: Field::new(
+            v.last_executed_at,
+            last.map(|us| {
+                base.with_precision(v.precision.workflow_last_executed_at)
+                    .ts(us)
+            }),
+        ),
     }
 }
 
@@ -529,21 +603,24 @@ fn step_ref(step: &Step) -> StepRef<'_> {
 #[derive(Serialize)]
 struct ExecRow<'a> {
     id: Uid,
-    status: &'static str,
+    status: &'a str,
     tracking_id: Option<Uid>,
     whatsapp_conversation_id: Option<Uid>,
-    started_at: Ts,
+    #[serde(skip_serializing_if = "Field::is_absent")]
+    started_at: Field<Ts>,
     last_event_at: Ts,
     ended_at: Option<Ts>,
     workflow: WorkflowMin<'a>,
     current_step: StepRef<'a>,
 }
 
-/// Rendering state: the world plus the unknown-status fault.
+/// Rendering state: the world (with its variance) plus the unknown-status fault.
 struct Render<'a> {
     world: &'a World,
     unknown_rate: f64,
     rng: std::sync::MutexGuard<'a, StdRng>,
+    /// Full precision in the variance's offset; each field takes its own precision from it.
+    base: TimeFormat,
 }
 
 impl<'a> Render<'a> {
@@ -553,19 +630,44 @@ impl<'a> Render<'a> {
             world,
             unknown_rate,
             rng: lock(&sh.fault_rng),
+            base: base_format(&world.variance),
         }
     }
 
-    fn status(&mut self, e: &Execution) -> &'static str {
-        if chance(&mut self.rng, self.unknown_rate) {
+    fn status(&mut self, e: &'a Execution) -> &'a str {
+        // A status the world already holds outside the enum is shown as it is, without a
+        // draw, so the fault's random sequence is the same as without that variance.
+        if e.unknown.is_some() {
+            self.world.status_str(e)
+        } else if chance(&mut self.rng, self.unknown_rate) {
             UNKNOWN_STATUSES[self.rng.random_range(0..UNKNOWN_STATUSES.len())]
         } else {
             e.status.as_str()
         }
     }
 
+    /// `started_at` as the variance renders it (an override, or the truncated true start).
+    fn started_at(&self, e: &Execution) -> Field<Ts> {
+        let v = &self.world.variance;
+        let ts = self
+            .base
+            .with_precision(v.precision.started_at)
+            .ts(e.started_us);
+        let chosen = self.world.start_overrides.get(&e.id).copied();
+        match chosen.or_else(|| v.hashed_start_override(e.id)) {
+            None => Field::Value(ts),
+            Some(StartOverride::Missing) => Field::Absent,
+            Some(StartOverride::Null) => Field::Null,
+            Some(StartOverride::Year(year)) => Field::Value(Ts {
+                year: Some(year),
+                ..ts
+            }),
+        }
+    }
+
     fn row(&mut self, e: &'a Execution) -> ExecRow<'a> {
         let wf = &self.world.workflows[e.workflow as usize];
+        let p = self.world.variance.precision;
         ExecRow {
             id: Uid(e.id),
             status: self.status(e),
@@ -573,9 +675,14 @@ impl<'a> Render<'a> {
             whatsapp_conversation_id: e
                 .conversation
                 .map(|c| Uid(self.world.conversations[c as usize].id)),
-            started_at: Ts(e.started_us),
-            last_event_at: Ts(e.last_event_us),
-            ended_at: e.ended_us.map(Ts),
+            started_at: self.started_at(e),
+            last_event_at: self
+                .base
+                .with_precision(p.last_event_at)
+                .ts(e.last_event_us),
+            ended_at: e
+                .ended_us
+                .map(|us| self.base.with_precision(p.ended_at).ts(us)),
             workflow: WorkflowMin {
                 id: Uid(wf.id),
                 name: &wf.name,
@@ -593,18 +700,31 @@ impl<'a> Render<'a> {
             .filter_map(|k| self.world.execution_at(k))
             .map(|e| self.row(e))
             .collect();
+        let format = cursor_format(&self.world.variance);
         json_response(
             StatusCode::OK,
-            &json!({ "data": rows, "paging": paging(CursorColumn::CreatedAt, page, req, looping) }),
+            &json!({
+                "data": rows,
+                "paging": paging(CursorColumn::CreatedAt, page, req, looping, format),
+            }),
         )
     }
 }
 
 /// The `paging` object (facts sheet §2): `cursors` of the first/last row; `next` is the last
-/// row's cursor iff older rows exist, `previous` the first row's iff newer rows exist.
-fn paging(column: CursorColumn, page: &Page, req: &PageRequest, looping: bool) -> Value {
-    let first = page.rows.first().map(|&k| encode_cursor(column, k));
-    let last = page.rows.last().map(|&k| encode_cursor(column, k));
+/// row's cursor iff older rows exist, `previous` the first row's iff newer rows exist. Whether
+/// older rows exist is decided on full-precision keys, as a server fetching `limit + 1` rows
+/// would, so with a truncated cursor `next` can lead to an empty page.
+fn paging(
+    column: CursorColumn,
+    page: &Page,
+    req: &PageRequest,
+    looping: bool,
+    format: TimeFormat,
+) -> Value {
+    let cursor = |k: Key| encode_cursor(column, k, format);
+    let first = page.rows.first().map(|&k| cursor(k));
+    let last = page.rows.last().map(|&k| cursor(k));
     let mut cursors = serde_json::Map::new();
     if let (Some(first), Some(last)) = (&first, &last) {
         cursors.insert("before".into(), Value::from(first.as_str()));
@@ -612,7 +732,7 @@ fn paging(column: CursorColumn, page: &Page, req: &PageRequest, looping: bool) -
     }
     let next = if looping {
         // The fault: `next` always hands back the cursor this page was fetched with.
-        req.after.map(|k| encode_cursor(column, k)).or(last)
+        req.after.map(cursor).or(last)
     } else {
         last.filter(|_| page.has_older)
     };
@@ -665,10 +785,19 @@ async fn list_workflows(
     let name = p.get("name_contains").map(str::to_lowercase);
     let after = p.time("created_after")?;
     let before = p.time("created_before")?;
-    let world = lock(&sh.world);
+    let now_us = micros(sh.clock.now());
+    let mut guard = lock(&sh.world);
+    let (empty, hidden) = guard.take_listing();
+    let world = &*guard;
+    if empty {
+        return Ok(data(Vec::<WorkflowJson<'_>>::new()));
+    }
     let mut found: Vec<&Workflow> = world
         .workflows
         .iter()
+        .enumerate()
+        .filter(|&(i, w)| !w.deleted && !hidden.contains(&(i as u32)))
+        .map(|(_, w)| w)
         .filter(|w| status.is_none_or(|s| w.status == s))
         .filter(|w| {
             name.as_ref()
@@ -679,17 +808,68 @@ async fn list_workflows(
         .collect();
     // Newest created first, no paging (facts sheet §3).
     found.sort_by_key(|w| std::cmp::Reverse((w.created_us, w.id)));
+    if world.variance.duplicate_workflows {
+        if let Some(&first) = found.first() {
+            found.push(first);
+        }
+    }
     let rows: Vec<WorkflowJson<'_>> = found
         .into_iter()
-        .map(|w| workflow_json(&world, w))
+        .map(|w| workflow_json(world, w, now_us))
         .collect();
     Ok(data(rows))
 }
 
 async fn get_workflow(State(sh): SharedState, path: IdPath) -> Result<Response, ApiError> {
+    let now_us = micros(sh.clock.now());
     let world = lock(&sh.world);
     let w = workflow_at(&world, path)?;
-    Ok(data(workflow_json(&world, &world.workflows[w as usize])))
+    Ok(data(workflow_json(
+        &world,
+        &world.workflows[w as usize],
+        now_us,
+    )))
+}
+
+/// The error a workflow's executions list is scripted to answer with.
+fn scripted_error(status: u16) -> ApiError {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let error = match status {
+        StatusCode::NOT_FOUND => "Workflow not found",
+        StatusCode::UNPROCESSABLE_ENTITY => "Workflow executions cannot be listed",
+        _ => "Request failed",
+    };
+    ApiError::new(status, error)
+}
+
+/// An empty index, for lists that have no stale part.
+static NO_KEYS: BTreeSet<Key> = BTreeSet::new();
+
+/// The indexes a list with an optional status filter pages over: `all`, or the status's set
+/// plus (with the stale-lists variance) the executions still listed under it.
+fn execution_sets<'a>(
+    world: &World,
+    status: Option<ExecStatus>,
+    all: &'a BTreeSet<Key>,
+    by_status: &'a [BTreeSet<Key>; 5],
+    stale: &'a [BTreeSet<Key>; 5],
+) -> [&'a BTreeSet<Key>; 2] {
+    match status {
+        None => [all, &NO_KEYS],
+        Some(s) if world.variance.stale_live_lists => [&by_status[s.index()], &stale[s.index()]],
+        Some(s) => [&by_status[s.index()], &NO_KEYS],
+    }
+}
+
+/// The overlapping-pages variance: the row an `after` cursor names leads the next page.
+fn with_repeat(world: &World, mut req: PageRequest) -> PageRequest {
+    if world.variance.overlapping_pages {
+        req.repeat = req
+            .after
+            .and_then(|k| world.execution(k.1))
+            .map(Execution::key);
+    }
+    req
 }
 
 async fn list_workflow_executions(
@@ -699,18 +879,22 @@ async fn list_workflow_executions(
 ) -> Result<Response, ApiError> {
     let world = lock(&sh.world);
     let wi = workflow_at(&world, path)?;
+    if let Some(status) = world.workflows[wi as usize].executions_error {
+        return Err(scripted_error(status));
+    }
     let p = Params::parse(q);
     let status = p.exec_status()?;
     // `created_after`/`created_before` filter on started_at, inclusive (facts sheet §4).
     let req = p.page_request(CursorColumn::CreatedAt, "created_after", "created_before")?;
+    let req = with_repeat(&world, req);
     // `waiting_reason` is accepted but not modelled: the API exposes no reason field (§10).
     let page = match p.get("whatsapp_conversation_id") {
         Some(conv) => match parse_uuid(conv).and_then(|id| world.conversation_index(id)) {
             Some(ci) => {
                 // A conversation's own index is small, so filtering it by workflow is cheap.
                 let c = &world.conversations[ci as usize];
-                let set = status.map_or(&c.all, |s| &c.by_status[s.index()]);
-                page(set, &req, |k| {
+                let sets = execution_sets(&world, status, &c.all, &c.by_status, &c.stale);
+                page(&sets, &req, |k| {
                     world.execution_at(k).is_some_and(|e| e.workflow == wi)
                 })
             }
@@ -718,11 +902,8 @@ async fn list_workflow_executions(
         },
         None => {
             let w = &world.workflows[wi as usize];
-            page(
-                status.map_or(&w.all, |s| &w.by_status[s.index()]),
-                &req,
-                |_| true,
-            )
+            let sets = execution_sets(&world, status, &w.all, &w.by_status, &w.stale);
+            page(&sets, &req, |_| true)
         }
     };
     let looping = lock(&sh.faults).looping_cursor;
@@ -739,12 +920,10 @@ async fn list_conversation_executions(
     let p = Params::parse(q);
     let status = p.exec_status()?;
     let req = p.page_request(CursorColumn::CreatedAt, "created_after", "created_before")?;
+    let req = with_repeat(&world, req);
     let c = &world.conversations[ci as usize];
-    let page = page(
-        status.map_or(&c.all, |s| &c.by_status[s.index()]),
-        &req,
-        |_| true,
-    );
+    let sets = execution_sets(&world, status, &c.all, &c.by_status, &c.stale);
+    let page = page(&sets, &req, |_| true);
     let looping = lock(&sh.faults).looping_cursor;
     Ok(Render::new(&sh, &world).execution_list(&page, &req, looping))
 }
@@ -759,12 +938,17 @@ async fn get_execution(State(sh): SharedState, path: IdPath) -> Result<Response,
         ))?;
     let mut render = Render::new(&sh, &world);
     let row = render.row(e);
-    Ok(data(execution_detail(&world, e, row)))
+    Ok(data(execution_detail(&world, e, row, render.base)))
 }
 
 /// `WorkflowExecutionDetail`: the summary plus error details, context and a synthetic event
 /// log consistent with the execution's timestamps.
-fn execution_detail<'a>(world: &'a World, e: &'a Execution, row: ExecRow<'a>) -> Value {
+fn execution_detail<'a>(
+    world: &'a World,
+    e: &'a Execution,
+    row: ExecRow<'a>,
+    base: TimeFormat,
+) -> Value {
     const ERRORS: [&str; 3] = [
         "Timeout while calling the order service",
         "Agent exceeded maximum iterations",
@@ -797,7 +981,7 @@ fn execution_detail<'a>(world: &'a World, e: &'a Execution, row: ExecRow<'a>) ->
             "event_type": event_type,
             "direction": null,
             "edge_label": null,
-            "created_at": Ts(at),
+            "created_at": base.ts(at),
             "payload": payload,
             "step": step_ref(step),
         })
@@ -829,7 +1013,7 @@ fn execution_detail<'a>(world: &'a World, e: &'a Execution, row: ExecRow<'a>) ->
     detail.insert("error_details".into(), error_details.unwrap_or(Value::Null));
     detail.insert(
         "resumable_execution_id".into(),
-        if e.status == ExecStatus::Waiting {
+        if e.status == ExecStatus::Waiting && e.unknown.is_none() {
             json!(Uid(e.id))
         } else {
             Value::Null
@@ -841,7 +1025,7 @@ fn execution_detail<'a>(world: &'a World, e: &'a Execution, row: ExecRow<'a>) ->
             "vars": { "customer_name": conversation.map(|c| c.contact_name.as_str()) },
             "system": system,
             "context": context,
-            "metadata": { "request": { "timestamp": Ts(e.started_us) } },
+            "metadata": { "request": { "timestamp": base.ts(e.started_us) } },
         }),
     );
     detail.insert("events".into(), Value::Array(events));
@@ -851,6 +1035,7 @@ fn execution_detail<'a>(world: &'a World, e: &'a Execution, row: ExecRow<'a>) ->
 /// `WhatsappConversation` (openapi-platform.yaml).
 fn conversation_json(world: &World, ci: u32) -> Value {
     let c = &world.conversations[ci as usize];
+    let ts = |us| base_format(&world.variance).ts(us);
     json!({
         "id": Uid(c.id),
         "phone_number": c.phone_number,
@@ -858,9 +1043,9 @@ fn conversation_json(world: &World, ci: u32) -> Value {
         "parent_business_scoped_user_id": null,
         "username": null,
         "status": if c.ended { "ended" } else { "active" },
-        "last_active_at": Ts(c.last_active_us),
-        "created_at": Ts(c.created_us),
-        "updated_at": Ts(c.last_active_us),
+        "last_active_at": ts(c.last_active_us),
+        "created_at": ts(c.created_us),
+        "updated_at": ts(c.last_active_us),
         "metadata": {},
         "phone_number_id": world.phone_number_id,
         "kapso": {
@@ -868,10 +1053,10 @@ fn conversation_json(world: &World, ci: u32) -> Value {
             "messages_count": c.messages_count,
             "last_message_id": format!("wamid.{}", Uid(c.id).to_string().replace('-', "")),
             "last_message_type": "text",
-            "last_message_timestamp": Ts(c.last_active_us),
+            "last_message_timestamp": ts(c.last_active_us),
             "last_message_text": "Thanks!",
-            "last_inbound_at": Ts(c.last_active_us),
-            "last_outbound_at": Ts(c.last_active_us),
+            "last_inbound_at": ts(c.last_active_us),
+            "last_outbound_at": ts(c.last_active_us),
         },
     })
 }
@@ -918,7 +1103,7 @@ async fn list_conversations(
             && phone_number_id.is_none_or(|id| id == world.phone_number_id)
     };
     let set = ended.map_or(&world.conv_all, |e| &world.conv_by_status[usize::from(e)]);
-    let page = page(set, &req, keep);
+    let page = page(&[set], &req, keep);
     let rows: Vec<Value> = page
         .rows
         .iter()
@@ -926,9 +1111,13 @@ async fn list_conversations(
         .map(|ci| conversation_json(&world, ci))
         .collect();
     let looping = lock(&sh.faults).looping_cursor;
+    let format = cursor_format(&world.variance);
     Ok(json_response(
         StatusCode::OK,
-        &json!({ "data": rows, "paging": paging(CursorColumn::LastActiveAt, &page, &req, looping) }),
+        &json!({
+            "data": rows,
+            "paging": paging(CursorColumn::LastActiveAt, &page, &req, looping, format),
+        }),
     ))
 }
 

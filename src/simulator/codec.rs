@@ -10,8 +10,10 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use rand::Rng;
 use serde::{Deserialize, Serialize, Serializer};
-use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use time::{OffsetDateTime, UtcOffset};
+
+use super::variance::Precision;
 
 /// A keyset position: (timestamp in µs, id). Newest-first lists are this order reversed.
 pub(crate) type Key = (i64, u128);
@@ -106,9 +108,58 @@ pub(crate) fn parse_time(s: &str) -> Option<i64> {
     OffsetDateTime::parse(s, &Rfc3339).ok().map(micros)
 }
 
-/// Writes `us` as RFC 3339 UTC; `fixed` forces six fractional digits (cursor form).
-fn write_time(f: &mut impl fmt::Write, us: i64, fixed: bool) -> fmt::Result {
-    let t = datetime(us);
+/// How a timestamp is written: its precision, and the offset it is shown in (`None`: `Z`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct TimeFormat {
+    pub precision: Precision,
+    pub offset: Option<UtcOffset>,
+}
+
+impl TimeFormat {
+    /// The same format with another precision.
+    pub fn with_precision(self, precision: Precision) -> TimeFormat {
+        TimeFormat { precision, ..self }
+    }
+
+    /// `us` in this format.
+    pub fn ts(self, us: i64) -> Ts {
+        Ts {
+            us,
+            format: self,
+            year: None,
+        }
+    }
+}
+
+/// `t` with its year replaced, clamped to what the `time` crate can hold; 29 February becomes
+/// the 28th in a common year.
+fn with_year(t: OffsetDateTime, year: i32) -> OffsetDateTime {
+    let year = year.clamp(-9999, 9999);
+    t.replace_year(year)
+        .or_else(|_| t.replace_day(28).and_then(|t| t.replace_year(year)))
+        .unwrap_or(t)
+}
+
+/// Writes `us` as RFC 3339 in `format` (truncated, then shown in its offset), with its year
+/// replaced by `year` if set. `fixed` forces the fraction of microsecond precision even when
+/// it is zero (the cursor form).
+fn write_time(
+    f: &mut impl fmt::Write,
+    us: i64,
+    format: TimeFormat,
+    year: Option<i32>,
+    fixed: bool,
+) -> fmt::Result {
+    let utc = datetime(format.precision.truncate_us(us));
+    // Far from the epoch an offset can push the local date out of range: then stay in UTC.
+    let (t, offset) = match format
+        .offset
+        .and_then(|o| utc.checked_to_offset(o).map(|t| (t, o)))
+    {
+        Some((t, o)) => (t, Some(o)),
+        None => (utc, None),
+    };
+    let t = year.map_or(t, |y| with_year(t, y));
     write!(
         f,
         "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}",
@@ -120,20 +171,34 @@ fn write_time(f: &mut impl fmt::Write, us: i64, fixed: bool) -> fmt::Result {
         t.second()
     )?;
     let frac = t.microsecond();
-    if fixed || frac != 0 {
-        write!(f, ".{frac:06}")?;
+    match format.precision {
+        Precision::Micros if fixed || frac != 0 => write!(f, ".{frac:06}")?,
+        Precision::Micros | Precision::Seconds => {}
+        Precision::Millis => write!(f, ".{:03}", frac / 1000)?,
     }
-    f.write_char('Z')
+    match offset {
+        None => f.write_char('Z'),
+        Some(o) => {
+            let (h, m, _) = o.as_hms();
+            let sign = if o.is_negative() { '-' } else { '+' };
+            write!(f, "{sign}{:02}:{:02}", h.unsigned_abs(), m.unsigned_abs())
+        }
+    }
 }
 
-/// A timestamp as the API prints it in bodies: six fractional digits, or none when the
-/// microseconds are zero (facts sheet §12: both `…Z` and `….000000Z` occur).
+/// A timestamp as the API prints it in bodies. In the default format: six fractional digits,
+/// or none when the microseconds are zero (facts sheet §12: both `…Z` and `….000000Z` occur).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Ts(pub i64);
+pub(crate) struct Ts {
+    pub us: i64,
+    pub format: TimeFormat,
+    /// A year shown instead of the true one (the bad-rows variance).
+    pub year: Option<i32>,
+}
 
 impl fmt::Display for Ts {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write_time(f, self.0, false)
+        write_time(f, self.us, self.format, self.year, false)
     }
 }
 
@@ -162,11 +227,13 @@ impl CursorColumn {
 }
 
 /// Encodes a keyset position exactly like the documented examples: standard base64 (with
-/// padding) of `{"values":["<µs timestamp>","<id>"],"columns":["<column>","id"]}`.
-pub(crate) fn encode_cursor(column: CursorColumn, key: Key) -> String {
-    let mut ts = String::with_capacity(27);
+/// padding) of `{"values":["<µs timestamp>","<id>"],"columns":["<column>","id"]}`. In another
+/// `format` the timestamp is truncated and written in it; decoding gives the truncated value,
+/// which the server then compares with full-precision keys, as a real keyset query would.
+pub(crate) fn encode_cursor(column: CursorColumn, key: Key, format: TimeFormat) -> String {
+    let mut ts = String::with_capacity(32);
     // Writing into a String cannot fail.
-    let _ = write_time(&mut ts, key.0, true);
+    let _ = write_time(&mut ts, key.0, format, None, true);
     let json = format!(
         r#"{{"values":["{ts}","{}"],"columns":["{}","id"]}}"#,
         Uid(key.1),
@@ -234,14 +301,66 @@ mod tests {
     #[test]
     fn timestamps_print_fraction_only_when_nonzero() {
         let whole = parse_time("2026-05-15T13:05:00Z").expect("valid");
-        assert_eq!(Ts(whole).to_string(), "2026-05-15T13:05:00Z");
+        let utc = TimeFormat::default();
+        assert_eq!(utc.ts(whole).to_string(), "2026-05-15T13:05:00Z");
         assert_eq!(
-            Ts(whole + 123_456).to_string(),
+            utc.ts(whole + 123_456).to_string(),
             "2026-05-15T13:05:00.123456Z"
         );
-        assert_eq!(Ts(whole + 5).to_string(), "2026-05-15T13:05:00.000005Z");
+        assert_eq!(utc.ts(whole + 5).to_string(), "2026-05-15T13:05:00.000005Z");
         assert_eq!(parse_time("2026-05-15T15:05:00+02:00"), Some(whole));
         assert_eq!(parse_time("yesterday"), None);
+    }
+
+    #[test]
+    fn formats_truncate_and_shift_the_same_instant() {
+        let t = parse_time("2026-05-15T13:05:07.123456Z").expect("valid");
+        let f = |precision, offset| TimeFormat { precision, offset }.ts(t).to_string();
+        let ist = UtcOffset::from_hms(5, 30, 0).ok();
+        let brt = UtcOffset::from_hms(-3, 0, 0).ok();
+        assert_eq!(f(Precision::Seconds, None), "2026-05-15T13:05:07Z");
+        assert_eq!(f(Precision::Millis, None), "2026-05-15T13:05:07.123Z");
+        assert_eq!(
+            f(Precision::Micros, ist),
+            "2026-05-15T18:35:07.123456+05:30"
+        );
+        assert_eq!(f(Precision::Seconds, brt), "2026-05-15T10:05:07-03:00");
+        assert_eq!(
+            f(Precision::Micros, Some(UtcOffset::UTC)),
+            "2026-05-15T13:05:07.123456+00:00"
+        );
+        assert_eq!(parse_time(&f(Precision::Micros, ist)), Some(t));
+        // Whole milliseconds still print three digits; whole microseconds none (as before).
+        let whole = parse_time("2026-05-15T13:05:07Z").expect("valid");
+        let ms = TimeFormat::default().with_precision(Precision::Millis);
+        assert_eq!(ms.ts(whole).to_string(), "2026-05-15T13:05:07.000Z");
+        // A replaced year keeps the rest; 29 February falls back to the 28th.
+        let leap = parse_time("2024-02-29T23:00:00Z").expect("valid");
+        let mut ts = TimeFormat {
+            precision: Precision::Micros,
+            offset: ist,
+        }
+        .ts(leap);
+        ts.year = Some(9999);
+        assert_eq!(ts.to_string(), "9999-03-01T04:30:00+05:30");
+        ts.format.offset = None;
+        assert_eq!(ts.to_string(), "9999-02-28T23:00:00Z");
+        // The cursor form keeps its fixed fraction per precision.
+        for (precision, value) in [
+            (Precision::Micros, "2026-05-15T13:05:07.123456Z"),
+            (Precision::Millis, "2026-05-15T13:05:07.123Z"),
+            (Precision::Seconds, "2026-05-15T13:05:07Z"),
+        ] {
+            let format = TimeFormat {
+                precision,
+                offset: None,
+            };
+            let cursor = encode_cursor(CursorColumn::CreatedAt, (t, 9), format);
+            let raw = String::from_utf8(STANDARD.decode(&cursor).expect("base64")).expect("utf-8");
+            assert!(raw.contains(value), "{raw}");
+            let decoded = decode_cursor(CursorColumn::CreatedAt, &cursor).expect("decodes");
+            assert_eq!(decoded, (precision.truncate_us(t), 9));
+        }
     }
 
     #[test]
@@ -249,16 +368,25 @@ mod tests {
         // The `before` cursor of the listConversationFlowExecutions example (facts sheet §2).
         let documented = "eyJ2YWx1ZXMiOlsiMjAyNi0wNS0xNVQxMzowNTowMC4wMDAwMDBaIiwiNTUwZTg0MDAtZTI5Yi00MWQ0LWE3MTYtNDQ2NjU1NDQwMDAwIl0sImNvbHVtbnMiOlsiY3JlYXRlZF9hdCIsImlkIl19";
         let key = decode_cursor(CursorColumn::CreatedAt, documented).expect("decodes");
-        assert_eq!(Ts(key.0).to_string(), "2026-05-15T13:05:00Z");
+        assert_eq!(
+            TimeFormat::default().ts(key.0).to_string(),
+            "2026-05-15T13:05:00Z"
+        );
         assert_eq!(
             Uid(key.1).to_string(),
             "550e8400-e29b-41d4-a716-446655440000"
         );
-        assert_eq!(encode_cursor(CursorColumn::CreatedAt, key), documented);
+        assert_eq!(
+            encode_cursor(CursorColumn::CreatedAt, key, TimeFormat::default()),
+            documented
+        );
         // The conversation example uses the other column and is padded.
         let conv = "eyJ2YWx1ZXMiOlsiMjAyNi0wNS0xNVQxMzowNTowMC4wMDAwMDBaIiwiYzYzY2VkNDgtMTI4My00ZDU1LThjOGQtOTMwZjUyNWFhMGU1Il0sImNvbHVtbnMiOlsibGFzdF9hY3RpdmVfYXQiLCJpZCJdfQ==";
         let key = decode_cursor(CursorColumn::LastActiveAt, conv).expect("decodes");
-        assert_eq!(encode_cursor(CursorColumn::LastActiveAt, key), conv);
+        assert_eq!(
+            encode_cursor(CursorColumn::LastActiveAt, key, TimeFormat::default()),
+            conv
+        );
         assert_eq!(decode_cursor(CursorColumn::CreatedAt, conv), None);
     }
 
@@ -270,7 +398,7 @@ mod tests {
             id in proptest::prelude::any::<u128>(),
         ) {
             for column in [CursorColumn::CreatedAt, CursorColumn::LastActiveAt] {
-                let cursor = encode_cursor(column, (ts, id));
+                let cursor = encode_cursor(column, (ts, id), TimeFormat::default());
                 proptest::prop_assert_eq!(decode_cursor(column, &cursor), Some((ts, id)));
             }
         }

@@ -8,7 +8,11 @@
 //!
 //! Tests drive the world step by step ([`Simulator::start_execution`],
 //! [`Simulator::set_status`], [`Simulator::tick`]) and compare the exporter's output with
-//! [`Simulator::ground_truth`]. Data timestamps come from the
+//! [`Simulator::ground_truth`]. [`Faults`] break the API; [`Variance`] makes it differ in
+//! ways Kapso's documents allow (timestamp precision and offsets, missing or lagging counts,
+//! unknown statuses, duplicates, bad rows, deletions, flaky workflow lists), each switchable on
+//! its own and off by default; scripted controls such as [`Simulator::delete_execution`] and
+//! [`Simulator::hide_workflow`] apply them to chosen objects. Data timestamps come from the
 //! injected [`Clock`], so a test sharing one manual clock with the exporter gets exact answers;
 //! rate-limit windows and latency use tokio's monotonic time.
 //!
@@ -27,6 +31,7 @@ mod api;
 mod codec;
 mod paging;
 mod traffic;
+mod variance;
 mod world;
 
 use std::collections::BTreeMap;
@@ -49,6 +54,7 @@ use traffic::Traffic;
 use world::World;
 
 pub use traffic::endpoints;
+pub use variance::{PRESETS, Precision, Precisions, Presence, StartOverride, Variance};
 
 /// How to populate and run a [`Simulator`].
 #[derive(Clone, Debug)]
@@ -71,6 +77,8 @@ pub struct SimulatorConfig {
     pub rate_limit_per_minute: Option<u32>,
     /// Latency added to every response.
     pub latency: Duration,
+    /// API variance from the start (change it later with [`Simulator::set_variance`]).
+    pub variance: Variance,
 }
 
 impl SimulatorConfig {
@@ -87,6 +95,7 @@ impl SimulatorConfig {
             seed: 42,
             rate_limit_per_minute: Some(1000),
             latency: Duration::from_millis(15),
+            variance: Variance::default(),
         }
     }
 }
@@ -221,8 +230,11 @@ pub struct WorkflowTruth {
     pub name: String,
     /// Lifecycle status (`draft`, `active`, `archived`).
     pub status: String,
-    /// Executions ever created for it (the API's `execution_count`).
+    /// Executions ever created for it (the API's `execution_count` by default).
     pub execution_count: u64,
+    /// Executions of it that exist now: `execution_count` minus deleted ones (what the
+    /// shrinking-count variance shows).
+    pub existing_executions: u64,
 }
 
 /// What the API shows at one instant, for comparing with the exporter's output.
@@ -248,6 +260,9 @@ pub struct GroundTruth {
     /// Transitions into `handoff` since the last mark (including executions started in
     /// handoff), per workflow id, zero-filled.
     pub handoffs: BTreeMap<String, u64>,
+    /// Executions now in a status outside the spec's enum, per (workflow id, status string);
+    /// nonzero entries only. They are in no live count.
+    pub unknown_status: BTreeMap<(String, String), u64>,
 }
 
 impl GroundTruth {
@@ -379,11 +394,13 @@ impl Simulator {
             seed: 0,
             rate_limit_per_minute: None,
             latency: Duration::ZERO,
+            variance: Variance::default(),
         };
         Simulator::with_world(World::empty(config.seed), &config, clock)
     }
 
-    fn with_world(world: World, config: &SimulatorConfig, clock: Clock) -> Simulator {
+    fn with_world(mut world: World, config: &SimulatorConfig, clock: Clock) -> Simulator {
+        world.variance = config.variance.clone();
         Simulator {
             shared: Arc::new(Shared {
                 clock,
@@ -520,10 +537,122 @@ impl Simulator {
         }
     }
 
+    /// Replaces the API variance. Rendering settings apply to the next response; settings
+    /// about how the world evolves apply to changes made from now on.
+    pub fn set_variance(&self, variance: Variance) {
+        self.world().variance = variance;
+    }
+
+    /// The API variance now.
+    pub fn variance(&self) -> Variance {
+        self.world().variance.clone()
+    }
+
+    /// Adds a workflow created at `created_at` (in the past or future, not bumped); returns
+    /// its id.
+    pub fn add_workflow_at(&self, name: &str, status: &str, created_at: OffsetDateTime) -> String {
+        Uid(self
+            .world()
+            .add_workflow_at(name, status, micros(created_at)))
+        .to_string()
+    }
+
+    /// Renders a workflow without `created_at` (`true`) or with it again (`false`); filters
+    /// still use its true creation time. Unknown ids are ignored.
+    pub fn omit_created_at(&self, workflow_id: &str, omit: bool) {
+        self.with_workflow("omit_created_at", workflow_id, |w| w.omit_created_at = omit);
+    }
+
+    /// Leaves a workflow out of the next `listings` `GET /workflows` answers (0 shows it
+    /// again); `GET /workflows/{id}` and its executions still answer. Unknown ids are ignored.
+    pub fn hide_workflow(&self, workflow_id: &str, listings: u32) {
+        self.with_workflow("hide_workflow", workflow_id, |w| {
+            w.hidden_listings = listings
+        });
+    }
+
+    /// Answers the next `listings` `GET /workflows` requests with `{"data": []}` (0 ends it).
+    pub fn empty_workflow_lists(&self, listings: u32) {
+        self.world().empty_workflow_lists(listings);
+    }
+
+    /// Makes `GET /workflows/{id}/executions` answer with `status` (e.g. 404 or 422) and a
+    /// flat `{"error": …}` body until cleared with `None`. Unknown ids are ignored.
+    pub fn fail_workflow_executions(&self, workflow_id: &str, status: Option<u16>) {
+        self.with_workflow("fail_workflow_executions", workflow_id, |w| {
+            w.executions_error = status;
+        });
+    }
+
+    /// Deletes a workflow: it leaves every listing, and it, its executions' lists and
+    /// `GET /workflow_executions/{id}` of each of its executions answer 404. Ground truth
+    /// drops it. Unknown ids are ignored.
+    pub fn delete_workflow(&self, workflow_id: &str) {
+        let known = parse_uuid(workflow_id).is_some_and(|id| self.world().delete_workflow(id));
+        if !known {
+            tracing::warn!(workflow_id, "delete_workflow: unknown workflow");
+        }
+    }
+
+    /// Deletes an execution: it leaves every list and `GET /workflow_executions/{id}` answers
+    /// 404. It still counts as started; it is not live and never finishes. `execution_count`
+    /// drops only with [`Variance::shrinking_count`]. Unknown ids are ignored.
+    pub fn delete_execution(&self, execution_id: &str) {
+        let known = parse_uuid(execution_id).is_some_and(|id| self.world().delete_execution(id));
+        if !known {
+            tracing::warn!(execution_id, "delete_execution: unknown execution");
+        }
+    }
+
+    /// Moves an execution now to a status outside the spec's enum, such as `paused`: it
+    /// leaves the status-filtered lists but stays in unfiltered ones and in
+    /// `GET /workflow_executions/{id}`, with that status. A spec status (`waiting`, …) is the
+    /// same as [`Simulator::set_status`]. Entering or leaving an unknown status is neither a
+    /// start nor a finish in ground truth; leaving it for `ended` or `failed` is a finish if the
+    /// execution was live before. Unknown ids are ignored.
+    pub fn set_unknown_status(&self, execution_id: &str, status: &str) {
+        let now = self.now_us();
+        let known = parse_uuid(execution_id)
+            .is_some_and(|id| self.world().set_unknown_status(id, status, now));
+        if !known {
+            tracing::warn!(execution_id, "set_unknown_status: unknown execution");
+        }
+    }
+
+    /// Renders an execution's `started_at` missing, null or in another year; the true start
+    /// still orders, filters and pages it. Unknown ids are ignored.
+    pub fn set_start_override(&self, execution_id: &str, start: StartOverride) {
+        let mut world = self.world();
+        match parse_uuid(execution_id).filter(|&id| world.execution(id).is_some()) {
+            Some(id) => {
+                world.start_overrides.insert(id, start);
+            }
+            None => tracing::warn!(execution_id, "set_start_override: unknown execution"),
+        }
+    }
+
+    /// Renders an execution's true `started_at` again.
+    pub fn clear_start_override(&self, execution_id: &str) {
+        if let Some(id) = parse_uuid(execution_id) {
+            self.world().start_overrides.remove(&id);
+        }
+    }
+
+    fn with_workflow(&self, what: &str, workflow_id: &str, f: impl FnOnce(&mut world::Workflow)) {
+        let mut world = self.world();
+        match parse_uuid(workflow_id).and_then(|id| world.workflow_index(id)) {
+            Some(i) => f(world.workflow_mut(i)),
+            None => tracing::warn!(workflow_id, "{what}: unknown workflow"),
+        }
+    }
+
     /// Evolves the world over the `dt` that ends now (advance the clock first): executions
     /// start, wait, hand off, resume from handoff, end and fail at seeded random times inside
     /// the interval. By default about 1/12 of [`SimulatorConfig::live_executions`] finish per
-    /// minute and starts keep the live population near that target.
+    /// minute and starts keep the live population near that target. With
+    /// [`Variance::unknown_statuses`], [`Variance::deletions`] or
+    /// [`Variance::flaky_workflow_list`] set, executions also go `paused` and come back, old
+    /// ones are deleted, and workflows drop out of some listings; ground truth follows.
     pub fn tick(&self, dt: Duration) {
         let now = self.now_us();
         self.world().tick(now, dt);

@@ -5,6 +5,11 @@
 //! `all` and `by_status`, and its conversation's `all` and `by_status`. Conversations are
 //! indexed by (last_active_at µs, id). Status changes move keys between sets, so a page is
 //! O(log n + limit) and nothing scans the whole world per request.
+//!
+//! The world also holds the [`Variance`] settings that change how it evolves: an execution in
+//! a status outside the spec's enum is in `all` but in no `by_status` set; one still listed
+//! under a live status it left (the stale-lists variance) is in that status's `stale` set; a
+//! deleted one is in no set and no lookup, but its record stays so indexes remain stable.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -13,6 +18,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use super::codec::{Key, Uid, datetime, new_uuid};
+use super::variance::{StartOverride, Variance};
 use super::{ExecStatus, GroundTruth, SimulatorConfig, WorkflowTruth};
 
 const MINUTE_US: i64 = 60_000_000;
@@ -63,6 +69,18 @@ pub(crate) struct Workflow {
     pub last_executed_us: Option<i64>,
     pub all: BTreeSet<Key>,
     pub by_status: [BTreeSet<Key>; 5],
+    /// Executions still listed under a live status they left (stale-lists variance).
+    pub stale: [BTreeSet<Key>; 5],
+    /// Start times of its deleted executions, ascending, for counts that lag or shrink.
+    pub deleted_starts: Vec<i64>,
+    /// Gone from every listing and lookup (its executions were deleted with it).
+    pub deleted: bool,
+    /// `GET /workflows` listings that will still leave it out.
+    pub hidden_listings: u32,
+    /// Rendered without `created_at`.
+    pub omit_created_at: bool,
+    /// The status `GET /workflows/{id}/executions` answers with until cleared.
+    pub executions_error: Option<u16>,
 }
 
 impl Workflow {
@@ -102,6 +120,8 @@ pub(crate) struct Conversation {
     pub messages_count: u64,
     pub all: BTreeSet<Key>,
     pub by_status: [BTreeSet<Key>; 5],
+    /// Executions still listed under a live status they left (stale-lists variance).
+    pub stale: [BTreeSet<Key>; 5],
 }
 
 /// One workflow execution. `workflow`/`conversation` are indexes into the world's vectors.
@@ -115,6 +135,13 @@ pub(crate) struct Execution {
     pub started_us: i64,
     pub last_event_us: i64,
     pub ended_us: Option<i64>,
+    /// A status outside the spec's enum, as an index into `World::unknown_names`. While set,
+    /// `status` keeps the status it left and the execution is in no `by_status` set.
+    pub unknown: Option<u32>,
+    /// The live status whose lists still show it (stale-lists variance).
+    stale: Option<ExecStatus>,
+    /// Deleted: in no index and no lookup.
+    deleted: bool,
     /// Position in `World::live[status]`, or [`NOT_LIVE`].
     live_pos: u32,
 }
@@ -156,6 +183,16 @@ pub(crate) struct World {
     counters: Counters,
     target_live: usize,
     finish_rate: Option<f64>,
+    /// The API variance in force (see [`Variance`]).
+    pub variance: Variance,
+    /// Status strings outside the spec's enum, interned for `Execution::unknown`.
+    unknown_names: Vec<String>,
+    /// Executions in an unknown status, for random picks in `tick`.
+    paused: Vec<u32>,
+    /// Rendering overrides of `started_at`, by execution id.
+    pub start_overrides: HashMap<u128, StartOverride>,
+    /// `GET /workflows` listings that will still answer with no workflows.
+    empty_listings: u32,
 }
 
 /// An event `tick` applies at a given time.
@@ -169,7 +206,20 @@ enum Event {
     Handoff,
     Unhandoff,
     Touch,
+    /// Into `paused` (the unknown-statuses variance).
+    Pause,
+    /// Out of `paused`.
+    Unpause,
+    /// The oldest terminal execution is deleted (the deletions variance).
+    Purge,
+    /// A live execution is deleted.
+    DeleteLive,
+    /// A workflow left out of some listings, or an empty listing (flaky-workflow-list).
+    Flake,
 }
+
+/// The status string of the unknown-statuses variance.
+const PAUSED: &str = "paused";
 
 const WORKFLOW_NAMES: [&str; 10] = [
     "Inbound Support",
@@ -212,6 +262,11 @@ impl World {
             counters: Counters::default(),
             target_live: 0,
             finish_rate: None,
+            variance: Variance::default(),
+            unknown_names: Vec::new(),
+            paused: Vec::new(),
+            start_overrides: HashMap::new(),
+            empty_listings: 0,
         }
     }
 
@@ -350,6 +405,70 @@ impl World {
         self.execution(key.1)
     }
 
+    /// The status string an execution shows: its unknown status if it has one.
+    pub fn status_str(&self, e: &Execution) -> &str {
+        e.unknown
+            .and_then(|u| self.unknown_names.get(u as usize))
+            .map_or(e.status.as_str(), String::as_str)
+    }
+
+    /// The `execution_count` a workflow shows: executions ever created (or, when
+    /// `shrinking`, still existing) that started at or before `cutoff_us` if set.
+    pub fn shown_execution_count(
+        &self,
+        w: &Workflow,
+        cutoff_us: Option<i64>,
+        shrinking: bool,
+    ) -> u64 {
+        let (existing_after, deleted_after) = match cutoff_us {
+            // Only executions started within the lag are counted one by one.
+            Some(c) => (
+                w.all.range((c.saturating_add(1), 0)..).count() as u64,
+                (w.deleted_starts.len() - w.deleted_starts.partition_point(|&s| s <= c)) as u64,
+            ),
+            None => (0, 0),
+        };
+        if shrinking {
+            (w.all.len() as u64).saturating_sub(existing_after)
+        } else {
+            w.execution_count
+                .saturating_sub(existing_after)
+                .saturating_sub(deleted_after)
+        }
+    }
+
+    /// The `last_executed_at` a workflow shows: the latest start of any execution ever
+    /// created (deleting executions does not move it), at or before `cutoff_us` if set.
+    pub fn shown_last_executed(&self, w: &Workflow, cutoff_us: Option<i64>) -> Option<i64> {
+        let Some(c) = cutoff_us else {
+            return w.last_executed_us;
+        };
+        let existing = w
+            .all
+            .range(..(c.saturating_add(1), 0))
+            .next_back()
+            .map(|k| k.0);
+        let deleted = w.deleted_starts[..w.deleted_starts.partition_point(|&s| s <= c)]
+            .last()
+            .copied();
+        existing.max(deleted)
+    }
+
+    /// Counts one `GET /workflows` listing down: whether it is answered empty, and which
+    /// workflows it leaves out.
+    pub fn take_listing(&mut self) -> (bool, Vec<u32>) {
+        let empty = self.empty_listings > 0;
+        self.empty_listings = self.empty_listings.saturating_sub(1);
+        let mut hidden = Vec::new();
+        for (i, w) in self.workflows.iter_mut().enumerate() {
+            if w.hidden_listings > 0 {
+                w.hidden_listings -= 1;
+                hidden.push(i as u32);
+            }
+        }
+        (empty, hidden)
+    }
+
     // ----- scripted changes ------------------------------------------------------------
 
     /// Adds a workflow created at `now_us` (bumped so creation times are strictly increasing).
@@ -413,6 +532,63 @@ impl World {
         }
     }
 
+    /// Moves an execution to a status string at `now_us`; a spec status is a plain
+    /// [`World::set_status`], anything else an unknown status. `false` if the id is unknown.
+    pub fn set_unknown_status(&mut self, id: u128, status: &str, now_us: i64) -> bool {
+        if let Some(known) = ExecStatus::parse(status) {
+            return self.set_status(id, known, now_us);
+        }
+        let Some(&ix) = self.execution_ix.get(&id) else {
+            return false;
+        };
+        let name = self.intern(status);
+        self.enter_unknown(ix, name, now_us);
+        true
+    }
+
+    /// Deletes an execution: out of every index and lookup. `false` if the id is unknown.
+    pub fn delete_execution(&mut self, id: u128) -> bool {
+        match self.execution_ix.get(&id) {
+            Some(&ix) => {
+                self.delete_at(ix);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Deletes a workflow and its executions. `false` if the id is unknown.
+    pub fn delete_workflow(&mut self, id: u128) -> bool {
+        let Some(wi) = self.workflow_ix.remove(&id) else {
+            return false;
+        };
+        let keys: Vec<Key> = self.workflows[wi as usize].all.iter().copied().collect();
+        for key in keys {
+            if let Some(&ix) = self.execution_ix.get(&key.1) {
+                self.delete_at(ix);
+            }
+        }
+        self.workflows[wi as usize].deleted = true;
+        true
+    }
+
+    /// Adds a workflow created at exactly `created_us`; returns its id.
+    pub fn add_workflow_at(&mut self, name: &str, status: &str, created_us: i64) -> u128 {
+        let i = self.insert_workflow(name, status, created_us);
+        self.workflows[i as usize].id
+    }
+
+    /// Answers the next `listings` `GET /workflows` requests with no workflows.
+    pub fn empty_workflow_lists(&mut self, listings: u32) {
+        self.empty_listings = listings;
+    }
+
+    /// A workflow, for its scripted settings (the error of its executions list, whether its
+    /// `created_at` is rendered).
+    pub fn workflow_mut(&mut self, workflow: u32) -> &mut Workflow {
+        &mut self.workflows[workflow as usize]
+    }
+
     /// Resets the since-mark counters to zero.
     pub fn mark(&mut self) {
         let n = self.workflows.len();
@@ -433,6 +609,16 @@ impl World {
     }
 
     // ----- primitives ------------------------------------------------------------------
+
+    fn intern(&mut self, name: &str) -> u32 {
+        match self.unknown_names.iter().position(|n| n == name) {
+            Some(i) => i as u32,
+            None => {
+                self.unknown_names.push(name.to_owned());
+                (self.unknown_names.len() - 1) as u32
+            }
+        }
+    }
 
     fn next_start(&mut self, at_us: i64) -> i64 {
         let t = at_us.max(self.last_started_us.saturating_add(1));
@@ -476,6 +662,12 @@ impl World {
             last_executed_us: None,
             all: BTreeSet::new(),
             by_status: Default::default(),
+            stale: Default::default(),
+            deleted_starts: Vec::new(),
+            deleted: false,
+            hidden_listings: 0,
+            omit_created_at: false,
+            executions_error: None,
         });
         self.workflow_ix.insert(id, index);
         self.counters.started.push(0);
@@ -524,6 +716,7 @@ impl World {
             messages_count: 1,
             all: BTreeSet::new(),
             by_status: Default::default(),
+            stale: Default::default(),
         });
         self.conversation_ix.insert(id, index);
         self.conv_all.insert((created_us, id));
@@ -601,6 +794,9 @@ impl World {
             started_us,
             last_event_us,
             ended_us,
+            unknown: None,
+            stale: None,
+            deleted: false,
             live_pos: NOT_LIVE,
         });
         self.execution_ix.insert(id, index);
@@ -644,17 +840,31 @@ impl World {
         }
     }
 
+    /// Moves an execution to a spec status. From an unknown status, `old` is the status it
+    /// had before, so `paused` → `ended` is a finish only if it was live before the pause,
+    /// and `paused` → `handoff` is a handoff; entering or leaving the unknown status is
+    /// neither a start nor a finish.
     fn change_status(&mut self, ix: u32, status: ExecStatus, at_us: i64) {
-        let old = self.executions[ix as usize].status;
-        if old == status {
+        let (old, was_unknown) = {
+            let e = &self.executions[ix as usize];
+            (e.status, e.unknown.is_some())
+        };
+        if old == status && !was_unknown {
             self.touch_at(ix, at_us);
             return;
         }
         self.live_remove(ix);
+        self.clear_stale(ix);
+        if was_unknown {
+            self.paused_remove(ix);
+        }
+        let stale =
+            self.variance.stale_live_lists && !was_unknown && old.is_live() && status.is_live();
         let e = &mut self.executions[ix as usize];
         let key = e.key();
         let at_us = at_us.max(e.started_us).max(e.last_event_us);
         e.status = status;
+        e.unknown = None;
         e.last_event_us = at_us;
         e.ended_us = status.is_terminal().then_some(at_us);
         let (workflow, conversation) = (e.workflow, e.conversation);
@@ -668,6 +878,9 @@ impl World {
             self.bump_conversation(ci, at_us);
         }
         self.live_insert(ix);
+        if stale {
+            self.add_stale(ix, old);
+        }
         let w = workflow as usize;
         if status == ExecStatus::Handoff {
             self.counters.handoffs[w] += 1;
@@ -675,6 +888,86 @@ impl World {
         if status.is_terminal() && !old.is_terminal() {
             self.counters.finished[w][usize::from(status == ExecStatus::Failed)] += 1;
         }
+    }
+
+    /// Moves an execution into the unknown status `name` (an index into `unknown_names`).
+    fn enter_unknown(&mut self, ix: u32, name: u32, at_us: i64) {
+        let was_unknown = self.executions[ix as usize].unknown.is_some();
+        if self.executions[ix as usize].unknown == Some(name) {
+            self.touch_at(ix, at_us);
+            return;
+        }
+        self.live_remove(ix);
+        self.clear_stale(ix);
+        let e = &mut self.executions[ix as usize];
+        let key = e.key();
+        let at_us = at_us.max(e.started_us).max(e.last_event_us);
+        e.unknown = Some(name);
+        e.last_event_us = at_us;
+        let (status, workflow, conversation) = (e.status, e.workflow, e.conversation);
+        self.workflows[workflow as usize].by_status[status.index()].remove(&key);
+        if let Some(ci) = conversation {
+            self.conversations[ci as usize].by_status[status.index()].remove(&key);
+            self.bump_conversation(ci, at_us);
+        }
+        if !was_unknown {
+            self.paused.push(ix);
+        }
+    }
+
+    fn paused_remove(&mut self, ix: u32) {
+        if let Some(pos) = self.paused.iter().position(|&p| p == ix) {
+            self.paused.swap_remove(pos);
+        }
+    }
+
+    /// Lists an execution under `status` too, until its next status change.
+    fn add_stale(&mut self, ix: u32, status: ExecStatus) {
+        let e = &mut self.executions[ix as usize];
+        e.stale = Some(status);
+        let key = e.key();
+        self.workflows[e.workflow as usize].stale[status.index()].insert(key);
+        if let Some(ci) = e.conversation {
+            self.conversations[ci as usize].stale[status.index()].insert(key);
+        }
+    }
+
+    fn clear_stale(&mut self, ix: u32) {
+        let e = &mut self.executions[ix as usize];
+        let Some(status) = e.stale.take() else {
+            return;
+        };
+        let key = e.key();
+        self.workflows[e.workflow as usize].stale[status.index()].remove(&key);
+        if let Some(ci) = e.conversation {
+            self.conversations[ci as usize].stale[status.index()].remove(&key);
+        }
+    }
+
+    /// Removes an execution from every index and lookup; its start stays in its workflow's
+    /// `deleted_starts` for counts. Its record stays in `executions` so indexes stay valid.
+    fn delete_at(&mut self, ix: u32) {
+        self.live_remove(ix);
+        self.clear_stale(ix);
+        if self.executions[ix as usize].unknown.is_some() {
+            self.paused_remove(ix);
+        }
+        let e = &mut self.executions[ix as usize];
+        e.deleted = true;
+        let key = e.key();
+        let (status, workflow, conversation) = (e.status, e.workflow, e.conversation);
+        let wf = &mut self.workflows[workflow as usize];
+        wf.all.remove(&key);
+        wf.by_status[status.index()].remove(&key);
+        let pos = wf.deleted_starts.partition_point(|&s| s <= key.0);
+        wf.deleted_starts.insert(pos, key.0);
+        if let Some(ci) = conversation {
+            let c = &mut self.conversations[ci as usize];
+            c.all.remove(&key);
+            c.by_status[status.index()].remove(&key);
+        }
+        self.execution_ix.remove(&key.1);
+        self.start_overrides.remove(&key.1);
     }
 
     fn touch_at(&mut self, ix: u32, at_us: i64) {
@@ -713,7 +1006,7 @@ impl World {
         // Per-execution transitions use 1 - e^(-rate·t) so no execution moves twice as often
         // as its rate says, however long the window.
         let per = |pop: f64, rate: f64| pop * (1.0 - (-rate * minutes).exp());
-        let plan = [
+        let mut plan = vec![
             (Event::Start, start * minutes),
             (Event::End, finish * 0.88 * minutes),
             (Event::Fail, finish * 0.12 * minutes),
@@ -723,6 +1016,20 @@ impl World {
             (Event::Unhandoff, per(h, 0.05)),
             (Event::Touch, per(r, 0.5)),
         ];
+        // Variance events come last and only when enabled, so without them the random
+        // sequence, and so the whole evolution, is exactly what it always was.
+        if self.variance.unknown_statuses {
+            let paused = self.paused.len() as f64;
+            plan.push((Event::Pause, per(live, 0.01)));
+            plan.push((Event::Unpause, per(paused, 0.2)));
+        }
+        if self.variance.deletions {
+            plan.push((Event::Purge, finish * 0.5 * minutes));
+            plan.push((Event::DeleteLive, per(live, 0.002)));
+        }
+        if self.variance.flaky_workflow_list {
+            plan.push((Event::Flake, 0.5 * minutes));
+        }
         let mut events = Vec::new();
         for (event, expected) in plan {
             for _ in 0..self.sample_count(expected) {
@@ -751,7 +1058,10 @@ impl World {
         match event {
             Event::Start => {
                 let active: Vec<u32> = (0..self.workflows.len() as u32)
-                    .filter(|&i| self.workflows[i as usize].status == "active")
+                    .filter(|&i| {
+                        let w = &self.workflows[i as usize];
+                        w.status == "active" && !w.deleted
+                    })
                     .collect();
                 if active.is_empty() {
                     return;
@@ -791,6 +1101,64 @@ impl World {
             Event::Touch => {
                 if let Some(ix) = self.random_live(&[Running]) {
                     self.touch_at(ix, t);
+                }
+            }
+            Event::Pause => {
+                let from = if self.rng.random_bool(0.5) {
+                    [Waiting, Running, Handoff]
+                } else {
+                    [Running, Waiting, Handoff]
+                };
+                if let Some(ix) = self.random_live(&from) {
+                    let name = self.intern(PAUSED);
+                    self.enter_unknown(ix, name, t);
+                }
+            }
+            Event::Unpause => {
+                if self.paused.is_empty() {
+                    return;
+                }
+                let ix = self.paused[self.rng.random_range(0..self.paused.len())];
+                let to = match self.rng.random_range(0..100) {
+                    0..60 => Waiting,
+                    60..85 => Running,
+                    85..95 => Ended,
+                    _ => Failed,
+                };
+                self.change_status(ix, to, t);
+            }
+            Event::Purge => {
+                // A retention job: the oldest terminal execution of the project goes first.
+                let oldest = self
+                    .workflows
+                    .iter()
+                    .flat_map(|w| [Ended, Failed].map(|s| w.by_status[s.index()].first()))
+                    .flatten()
+                    .min()
+                    .copied();
+                if let Some(&ix) = oldest.and_then(|k| self.execution_ix.get(&k.1)) {
+                    self.delete_at(ix);
+                }
+            }
+            Event::DeleteLive => {
+                if let Some(ix) = self.random_live(&[Waiting, Running, Handoff]) {
+                    self.delete_at(ix);
+                }
+            }
+            Event::Flake => {
+                let present: Vec<u32> = (0..self.workflows.len() as u32)
+                    .filter(|&i| !self.workflows[i as usize].deleted)
+                    .collect();
+                if present.is_empty() {
+                    return;
+                }
+                if self.rng.random_bool(0.2) {
+                    self.empty_listings = self.empty_listings.max(1);
+                } else {
+                    let wi = present[self.rng.random_range(0..present.len())];
+                    let listings = self.rng.random_range(1..=3);
+                    let w = &mut self.workflows[wi as usize];
+                    w.hidden_listings = w.hidden_listings.max(listings);
                 }
             }
         }
@@ -851,12 +1219,19 @@ impl World {
             .map(|w| Uid(w.id).to_string())
             .collect();
         let mut truth = GroundTruth::default();
-        for (i, w) in self.workflows.iter().enumerate() {
+        // A deleted workflow is in no listing, so it is in no part of the truth either.
+        for (i, w) in self
+            .workflows
+            .iter()
+            .enumerate()
+            .filter(|(_, w)| !w.deleted)
+        {
             truth.workflows.push(WorkflowTruth {
                 id: wf_ids[i].clone(),
                 name: w.name.clone(),
                 status: w.status.clone(),
                 execution_count: w.execution_count,
+                existing_executions: w.all.len() as u64,
             });
             for s in ExecStatus::LIVE {
                 truth
@@ -901,6 +1276,14 @@ impl World {
                 }
             }
         }
+        for &ix in &self.paused {
+            let e = &self.executions[ix as usize];
+            let key = (
+                wf_ids[e.workflow as usize].clone(),
+                self.status_str(e).to_owned(),
+            );
+            *truth.unknown_status.entry(key).or_default() += 1;
+        }
         for (key, mut times) in last_events {
             times.sort_unstable();
             if let Some(&oldest) = times.first() {
@@ -933,9 +1316,28 @@ mod tests {
     /// Every index agrees with the execution records.
     fn check_indexes(w: &World) {
         let mut per_wf = vec![[0usize; 5]; w.workflows.len()];
+        let mut stale = vec![[0usize; 5]; w.workflows.len()];
         for e in &w.executions {
-            per_wf[e.workflow as usize][e.status.index()] += 1;
             let wf = &w.workflows[e.workflow as usize];
+            if e.deleted {
+                assert!(w.execution(e.id).is_none());
+                assert!(!wf.all.contains(&e.key()));
+                assert!(wf.stale.iter().all(|s| !s.contains(&e.key())));
+                continue;
+            }
+            assert!(wf.all.contains(&e.key()));
+            if let Some(s) = e.stale {
+                assert!(s.is_live() && e.status.is_live() && s != e.status);
+                assert!(wf.stale[s.index()].contains(&e.key()));
+                stale[e.workflow as usize][s.index()] += 1;
+            }
+            if e.unknown.is_some() {
+                assert!(w.paused.contains(&(w.execution_ix[&e.id])));
+                assert!(wf.by_status.iter().all(|s| !s.contains(&e.key())));
+                assert_eq!(e.live_pos, NOT_LIVE);
+                continue;
+            }
+            per_wf[e.workflow as usize][e.status.index()] += 1;
             assert!(wf.by_status[e.status.index()].contains(&e.key()));
             if let Some(ci) = e.conversation {
                 assert!(
@@ -949,8 +1351,22 @@ mod tests {
             for (set, count) in wf.by_status.iter().zip(per_wf[i]) {
                 assert_eq!(set.len(), count);
             }
-            assert_eq!(wf.all.len() as u64, wf.execution_count);
+            for (set, count) in wf.stale.iter().zip(stale[i]) {
+                assert_eq!(set.len(), count);
+            }
+            assert_eq!(
+                wf.all.len() as u64 + wf.deleted_starts.len() as u64,
+                wf.execution_count
+            );
+            assert!(wf.deleted_starts.is_sorted());
         }
+        assert_eq!(
+            w.paused.len(),
+            w.executions
+                .iter()
+                .filter(|e| !e.deleted && e.unknown.is_some())
+                .count()
+        );
         for (l, list) in w.live.iter().enumerate() {
             for (pos, &ix) in list.iter().enumerate() {
                 let e = &w.executions[ix as usize];
@@ -1025,5 +1441,175 @@ mod tests {
         check_indexes(&w);
         w.mark();
         assert_eq!(w.ground_truth().started[&id], 0);
+    }
+
+    #[test]
+    fn variance_off_keeps_the_evolution_identical() {
+        // Setting a rendering-only variance must not change a single random draw.
+        let mut a = World::populated(&config(200), NOW);
+        let mut b = World::populated(&config(200), NOW);
+        b.variance = Variance {
+            bad_start_rate: 0.5,
+            duplicate_workflows: true,
+            ..Variance::default()
+        };
+        let mut now = NOW;
+        for _ in 0..40 {
+            now += 15_000_000;
+            a.tick(now, Duration::from_secs(15));
+            b.tick(now, Duration::from_secs(15));
+        }
+        let state = |w: &World| {
+            w.executions
+                .iter()
+                .map(|e| (e.id, e.status, e.last_event_us))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(state(&a), state(&b));
+    }
+
+    #[test]
+    fn tick_variances_keep_indexes_and_truth_consistent() {
+        let mut w = World::populated(&config(300), NOW);
+        w.variance = Variance {
+            unknown_statuses: true,
+            deletions: true,
+            flaky_workflow_list: true,
+            stale_live_lists: true,
+            ..Variance::default()
+        };
+        let mut now = NOW;
+        let (mut paused_seen, mut hidden_seen) = (0, 0);
+        for _ in 0..240 {
+            now += 15_000_000;
+            w.tick(now, Duration::from_secs(15));
+            check_indexes(&w);
+            paused_seen += w.paused.len();
+            hidden_seen += w.workflows.iter().filter(|w| w.hidden_listings > 0).count();
+            let _ = w.take_listing();
+        }
+        assert!(paused_seen > 0 && hidden_seen > 0);
+        let deleted = w.executions.iter().filter(|e| e.deleted).count();
+        assert!(deleted > 0, "the retention job deleted nothing");
+        let truth = w.ground_truth();
+        let live: u64 = truth.live.values().sum();
+        assert_eq!(live as usize, w.live.iter().map(Vec::len).sum::<usize>());
+        let unknown: u64 = truth.unknown_status.values().sum();
+        assert_eq!(unknown as usize, w.paused.len());
+        for t in &truth.workflows {
+            assert!(t.existing_executions <= t.execution_count);
+        }
+    }
+
+    #[test]
+    fn unknown_status_and_deletion_are_neither_start_nor_finish() {
+        let mut w = World::empty(1);
+        let wf = w.add_workflow("Support", "active", NOW);
+        let wfi = w.workflow_index(wf).expect("known");
+        let c = w.add_conversation(NOW);
+        let ci = w.conversation_index(c).expect("known");
+        let a = w.start_execution(wfi, Some(ci), ExecStatus::Waiting, NOW);
+        let b = w.start_execution(wfi, None, ExecStatus::Running, NOW);
+        w.mark();
+        let id = Uid(wf).to_string();
+        assert!(w.set_unknown_status(a, "paused", NOW + 10));
+        assert!(w.set_unknown_status(a, "paused", NOW + 11));
+        let t = w.ground_truth();
+        assert_eq!(t.live_count(&id, ExecStatus::Waiting), 0);
+        assert_eq!(t.unknown_status[&(id.clone(), "paused".to_owned())], 1);
+        assert_eq!(t.per_conversation.len(), 0);
+        assert_eq!(w.status_str(w.execution(a).expect("exists")), "paused");
+        check_indexes(&w);
+        // Back to a live status: no start; then to ended: one finish.
+        assert!(w.set_status(a, ExecStatus::Waiting, NOW + 20));
+        assert!(w.set_unknown_status(a, "paused", NOW + 21));
+        assert!(w.set_status(a, ExecStatus::Ended, NOW + 30));
+        // A spec status given as a string is a plain status change.
+        assert!(w.set_unknown_status(b, "waiting", NOW + 31));
+        assert!(w.delete_execution(b));
+        assert!(!w.delete_execution(b));
+        check_indexes(&w);
+        let t = w.ground_truth();
+        assert_eq!(t.started[&id], 0);
+        assert_eq!(t.finished[&(id.clone(), ExecStatus::Ended)], 1);
+        assert_eq!(t.finished[&(id.clone(), ExecStatus::Failed)], 0);
+        assert_eq!(t.live_total(), 0);
+        assert_eq!(t.workflows[0].execution_count, 2);
+        assert_eq!(t.workflows[0].existing_executions, 1);
+        assert!(w.execution(b).is_none());
+    }
+
+    #[test]
+    fn stale_lists_follow_moves_between_live_statuses() {
+        let mut w = World::empty(1);
+        w.variance.stale_live_lists = true;
+        let wf = w.add_workflow("Support", "active", NOW);
+        let wfi = w.workflow_index(wf).expect("known");
+        let a = w.start_execution(wfi, None, ExecStatus::Waiting, NOW);
+        let key = w.execution(a).expect("exists").key();
+        w.set_status(a, ExecStatus::Handoff, NOW + 1);
+        assert!(w.workflows[0].stale[ExecStatus::Waiting.index()].contains(&key));
+        check_indexes(&w);
+        // Back to waiting: listed there for real, and now stale under handoff only.
+        w.set_status(a, ExecStatus::Waiting, NOW + 2);
+        let stale: Vec<usize> = w.workflows[0].stale.iter().map(BTreeSet::len).collect();
+        assert_eq!(stale, vec![0, 0, 1, 0, 0]);
+        w.set_status(a, ExecStatus::Running, NOW + 3);
+        w.set_status(a, ExecStatus::Ended, NOW + 4);
+        assert!(w.workflows[0].stale.iter().all(BTreeSet::is_empty));
+        check_indexes(&w);
+        assert_eq!(w.ground_truth().live_total(), 0);
+    }
+
+    #[test]
+    fn counts_lag_and_shrink() {
+        let mut w = World::empty(1);
+        let wf = w.add_workflow("Support", "active", NOW);
+        let wfi = w.workflow_index(wf).expect("known");
+        let ids: Vec<u128> = (0..5)
+            .map(|i| w.start_execution(wfi, None, ExecStatus::Ended, NOW + i * 10 * 1_000_000))
+            .collect();
+        let wfr = &w.workflows[0];
+        assert_eq!(w.shown_execution_count(wfr, None, false), 5);
+        // Started at NOW, +10 s, +20 s, +30 s, +40 s; a cutoff at +25 s sees three.
+        let cutoff = Some(NOW + 25_000_000);
+        assert_eq!(w.shown_execution_count(wfr, cutoff, false), 3);
+        assert_eq!(w.shown_last_executed(wfr, cutoff), Some(NOW + 20_000_000));
+        assert_eq!(w.shown_last_executed(wfr, Some(NOW - 1)), None);
+        w.delete_execution(ids[0]);
+        w.delete_execution(ids[4]);
+        let wfr = &w.workflows[0];
+        assert_eq!(w.shown_execution_count(wfr, None, false), 5);
+        assert_eq!(w.shown_execution_count(wfr, None, true), 3);
+        assert_eq!(w.shown_execution_count(wfr, cutoff, false), 3);
+        assert_eq!(w.shown_execution_count(wfr, cutoff, true), 2);
+        // Deleting the newest execution does not move last_executed_at back.
+        assert_eq!(w.shown_last_executed(wfr, None), Some(NOW + 40_000_000));
+        assert_eq!(
+            w.shown_last_executed(wfr, Some(NOW + 45_000_000)),
+            Some(NOW + 40_000_000)
+        );
+        check_indexes(&w);
+    }
+
+    #[test]
+    fn deleting_a_workflow_deletes_its_executions() {
+        let mut w = World::populated(&config(100), NOW);
+        let victim = w.workflows[0].id;
+        let before = w.ground_truth();
+        assert!(w.delete_workflow(victim));
+        assert!(!w.delete_workflow(victim));
+        assert!(w.workflow_index(victim).is_none());
+        check_indexes(&w);
+        let truth = w.ground_truth();
+        let id = Uid(victim).to_string();
+        assert_eq!(truth.workflows.len(), before.workflows.len() - 1);
+        assert!(truth.live.keys().all(|(wf, _)| *wf != id));
+        assert!(
+            w.executions
+                .iter()
+                .filter(|e| e.workflow == 0)
+                .all(|e| e.deleted)
+        );
     }
 }
