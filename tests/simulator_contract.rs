@@ -1,7 +1,7 @@
 //! Contract: the simulator's bodies validate against Kapso's published OpenAPI schemas.
 //!
 //! The validation runs `tests/contract/validate.py` (pyyaml + jsonschema + referencing) on the
-//! spec files in `../shared/kapso-openapi`. If python3 or those modules are missing the test
+//! spec files in `tests/contract/kapso-openapi` (copies of Kapso's published files). If python3 or those modules are missing the test
 //! prints `SKIPPED: …` to stderr and passes, except under `CI=true`, where it fails.
 #![allow(clippy::unwrap_used)]
 
@@ -50,7 +50,7 @@ fn skip_or_fail(reason: &str) {
 /// Runs the validator; `None` when it cannot run here (already reported).
 fn validate(cases: &Cases) -> Option<Vec<(String, Vec<String>)>> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let specs = root.join("../shared/kapso-openapi");
+    let specs = root.join("tests/contract/kapso-openapi");
     if !specs.join(WORKFLOWS).is_file() {
         skip_or_fail(&format!("spec files not found in {}", specs.display()));
         return None;
