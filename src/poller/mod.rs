@@ -158,7 +158,14 @@ impl Poller {
         let now = self.clock.now();
         let listing = match self.client.list_workflows().await {
             Ok(l) => l,
-            Err(e) => return Outcome::failed(e),
+            Err(e) => {
+                // No workflow was read: none of them is up to date.
+                let changed = self.tracker.mark_workflows_stale();
+                return Outcome {
+                    committed: changed,
+                    ..Outcome::failed(e)
+                };
+            }
         };
         let workflows = self.tracker.dedupe_listing(listing);
         let tracker = &self.tracker;

@@ -357,6 +357,15 @@ impl Tracker {
         plan::plan(self.workflow(&wf.id), self.context(&wf.id, now), wf, live)
     }
 
+    /// Marks every workflow stale (its poll did not commit); whether any was up before.
+    pub fn mark_workflows_stale(&mut self) -> bool {
+        let mut changed = false;
+        for track in self.workflows.values_mut() {
+            changed |= std::mem::replace(&mut track.up, false);
+        }
+        changed
+    }
+
     /// Commits one project-mode poll: `listed` is the (deduplicated) workflow list, `fetches`
     /// what was read of each workflow polled, or why it failed.
     pub fn commit_project(
