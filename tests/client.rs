@@ -12,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use kapso_exporter::kapso::limiter::MAX_PAUSE;
 use kapso_exporter::kapso::{
     ApiError, ApiKey, Client, ExecutionFilter, ExecutionStatus, RetryPolicy, endpoint,
 };
@@ -616,6 +617,11 @@ async fn a_retry_after_beyond_the_cap_fails_at_once_and_still_pauses_the_key() {
         "{err:?}"
     );
     assert_eq!(received(&server).await.len(), 1);
+    let paused = client.stats().paused_for().expect("the key is paused");
+    assert!(
+        paused > Duration::from_secs(55) && paused <= Duration::from_secs(60),
+        "{paused:?}"
+    );
 
     let next = tokio::spawn({
         let client = client.clone();
@@ -624,6 +630,109 @@ async fn a_retry_after_beyond_the_cap_fails_at_once_and_still_pauses_the_key() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(received(&server).await.len(), 1, "sent during the pause");
     assert!(!next.is_finished());
+    next.abort();
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_fails_the_request_and_pauses_at_most_max_pause() {
+    for value in [
+        "18446744073709551615".to_owned(),
+        "99999999999999999999999999".to_owned(),
+        "Fri, 31 Dec 9999 23:59:59 GMT".to_owned(),
+        httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(400 * 24 * 3600)),
+    ] {
+        let server = MockServer::start().await;
+        mount_get(
+            &server,
+            "/platform/v1/workflows",
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", value.as_str())
+                .insert_header("X-RateLimit-Remaining", "0"),
+        )
+        .await;
+        let client = client(&server);
+        let started = Instant::now();
+        let err = bounded(client.list_workflows()).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1), "{value}");
+        assert!(
+            matches!(err, ApiError::RateLimited { endpoint: e } if e == endpoint::WORKFLOWS),
+            "{value}: {err:?}"
+        );
+        assert_eq!(err.kind(), "rate_limited");
+        assert_eq!(received(&server).await.len(), 1, "{value}: retried");
+        let paused = client.stats().paused_for().expect("the key is paused");
+        assert!(paused <= MAX_PAUSE, "{value}: paused for {paused:?}");
+        assert!(
+            paused > MAX_PAUSE - Duration::from_secs(5),
+            "{value}: paused for {paused:?}"
+        );
+        assert_eq!(client.stats().rate_limit_remaining(), Some(0));
+    }
+}
+
+#[tokio::test]
+async fn on_a_429_retry_after_decides_not_zero_remaining() {
+    let server = MockServer::start().await;
+    // Kapso's 429 carries both; the window rule alone would hold the retry for ~60 s.
+    let (responder, arrivals) = script(|n| {
+        if n == 0 {
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "1")
+                .insert_header("X-RateLimit-Limit", "100")
+                .insert_header("X-RateLimit-Remaining", "0")
+                .set_body_json(json!({"error": "Rate limit exceeded"}))
+        } else {
+            ok(json!({"data": [{"id": "wf-1"}]})).insert_header("X-RateLimit-Remaining", "99")
+        }
+    });
+    mount_get(&server, "/platform/v1/workflows", responder).await;
+    let client = client(&server);
+    let stats = client.stats();
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.list_workflows().await }
+    });
+    wait_for_arrivals(&arrivals, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paused = stats.paused_for().expect("paused by the 429");
+    assert!(paused <= Duration::from_secs(1), "paused for {paused:?}");
+    // The gauge still shows what the 429 said.
+    assert_eq!(stats.rate_limit_remaining(), Some(0));
+
+    let workflows = bounded(call).await.unwrap().unwrap();
+    assert_eq!(workflows[0].id, "wf-1");
+    let arrivals = arrivals_of(&arrivals);
+    assert_eq!(arrivals.len(), 2);
+    let gap = arrivals[1] - arrivals[0];
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    assert!(gap < Duration::from_secs(5), "retried after {gap:?}");
+    assert_eq!(stats.rate_limit_remaining(), Some(99));
+    assert_eq!(stats.paused_for(), None);
+}
+
+#[tokio::test]
+async fn zero_remaining_on_a_success_still_holds_the_key() {
+    let server = MockServer::start().await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows",
+        ok(json!({"data": []})).insert_header("X-RateLimit-Remaining", "0"),
+    )
+    .await;
+    let client = client(&server);
+    assert_eq!(client.stats().paused_for(), None);
+    bounded(client.list_workflows()).await.unwrap();
+    let paused = client.stats().paused_for().expect("paused by Remaining: 0");
+    assert!(
+        paused > Duration::from_secs(55) && paused <= Duration::from_secs(60),
+        "{paused:?}"
+    );
+    let next = tokio::spawn({
+        let client = client.clone();
+        async move { client.list_workflows().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received(&server).await.len(), 1, "sent during the pause");
     next.abort();
 }
 
@@ -714,6 +823,7 @@ async fn unauthorized_is_reported_at_once_without_the_key() {
         other => panic!("expected Unauthorized, got {other:?}"),
     }
     assert_eq!(received(&server).await.len(), 1, "a 401 was retried");
+    assert!(err.is_key_wide(), "a rejected key concerns every request");
     assert!(format!("{err}").contains("Invalid or missing API key"));
 
     let echoed = bounded(client.get_execution("e1")).await.unwrap_err();
@@ -760,6 +870,7 @@ async fn not_found_is_a_client_error_with_the_body_message() {
         }
         other => panic!("expected Client 404, got {other:?}"),
     }
+    assert!(!err.is_key_wide(), "a 404 concerns only that conversation");
     assert_eq!(received(&server).await.len(), 1);
 }
 
@@ -782,6 +893,10 @@ async fn truncated_json_is_a_decode_error_and_not_retried() {
         "{err:?}"
     );
     assert_eq!(err.kind(), "decode");
+    assert!(
+        !err.is_key_wide(),
+        "an undecodable list concerns only that workflow"
+    );
     assert_eq!(received(&server).await.len(), 1);
 }
 

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::error::ApiError;
-use super::limiter::RateLimiter;
+use super::limiter::{MAX_PAUSE, RateLimiter};
 use super::models::{
     Conversation, Execution, ExecutionStatus, ItemResponse, ListResponse, Workflow, error_message,
     format_timestamp,
@@ -22,6 +22,8 @@ use super::models::{
 pub const PAGE_LIMIT: u32 = 100;
 /// Paging stops (with an error) after this many pages of one list: 1,000,000 rows.
 pub const MAX_PAGES: usize = 10_000;
+/// The pause after a 429 without a usable `Retry-After`: Kapso's documented value.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// A response body larger than this is refused rather than buffered.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
@@ -65,7 +67,9 @@ pub struct RetryPolicy {
     pub base_backoff: Duration,
     /// Upper bound of one backoff.
     pub max_backoff: Duration,
-    /// Upper bound of one `Retry-After` pause; longer ones fail the request.
+    /// Upper bound of one `Retry-After` pause to wait out and retry; longer ones (and any
+    /// beyond [`MAX_PAUSE`]) fail the request, the key staying paused for at most
+    /// [`MAX_PAUSE`].
     pub max_retry_after: Duration,
 }
 
@@ -85,6 +89,9 @@ impl Default for RetryPolicy {
 pub struct ApiStats {
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
     rate_limit_remaining: AtomicI64,
+    /// When the latest pause of the key ends: the limiter's own pause, mirrored here because
+    /// the scrape path holds the stats, not the client.
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl Default for ApiStats {
@@ -92,6 +99,7 @@ impl Default for ApiStats {
         Self {
             requests: Mutex::default(),
             rate_limit_remaining: AtomicI64::new(-1),
+            paused_until: Mutex::default(),
         }
     }
 }
@@ -118,6 +126,28 @@ impl ApiStats {
     /// The last `X-RateLimit-Remaining` seen, if any.
     pub fn rate_limit_remaining(&self) -> Option<u64> {
         u64::try_from(self.rate_limit_remaining.load(Ordering::Relaxed)).ok()
+    }
+
+    /// How long from now requests of this key still wait (after a 429's `Retry-After` or an
+    /// `X-RateLimit-Remaining: 0`), `None` when the key is not paused. At most
+    /// [`MAX_PAUSE`](super::limiter::MAX_PAUSE).
+    pub fn paused_for(&self) -> Option<Duration> {
+        let until = (*self.paused_until.lock().unwrap_or_else(|e| e.into_inner()))?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+    }
+
+    fn record_remaining(&self, remaining: u64) {
+        self.rate_limit_remaining.store(
+            i64::try_from(remaining).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn record_pause(&self, until: Instant) {
+        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        *paused = Some(paused.map_or(until, |t| t.max(until)));
     }
 }
 
@@ -341,16 +371,26 @@ impl Client {
             drop(permit);
             let status = response.status();
             self.stats.record(endpoint, status.as_str());
-            self.observe_rate_limit(response.headers());
+            let remaining = rate_limit_remaining(response.headers());
+            if let Some(remaining) = remaining {
+                self.stats.record_remaining(remaining);
+            }
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                let wait = retry_after(response.headers()).unwrap_or(Duration::from_secs(60));
-                if last || wait > self.retry.max_retry_after {
-                    self.limiter.pause_until(Instant::now() + wait);
+                // The server's `Retry-After` decides. Kapso sends `X-RateLimit-Remaining: 0`
+                // with its 429s too, which our window rule would stretch to up to 60 s after
+                // the oldest request; the server knows better when it takes requests again.
+                let asked = retry_after(response.headers()).unwrap_or(DEFAULT_RETRY_AFTER);
+                self.pause_for(asked);
+                if last || asked > self.retry.max_retry_after || asked > MAX_PAUSE {
                     return Err(ApiError::RateLimited { endpoint });
                 }
-                tracing::warn!(endpoint, wait = ?wait, "rate limited by Kapso; pausing every request of this key");
-                self.limiter.pause_until(Instant::now() + wait);
+                tracing::warn!(endpoint, wait = ?asked, "rate limited by Kapso; pausing every request of this key");
                 continue;
+            }
+            if let Some(remaining) = remaining {
+                if let Some(until) = self.limiter.observe_remaining(remaining, Instant::now()) {
+                    self.stats.record_pause(until);
+                }
             }
             let body = match read_body(response, endpoint).await {
                 Ok(body) => body,
@@ -401,18 +441,11 @@ impl Client {
         }
     }
 
-    fn observe_rate_limit(&self, headers: &reqwest::header::HeaderMap) {
-        let remaining = headers
-            .get("x-ratelimit-remaining")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(remaining) = remaining {
-            self.stats.rate_limit_remaining.store(
-                i64::try_from(remaining).unwrap_or(i64::MAX),
-                Ordering::Relaxed,
-            );
-            self.limiter.observe_remaining(remaining, Instant::now());
-        }
+    /// Pauses every request of the key for `wait` (capped at [`MAX_PAUSE`]), where the
+    /// scrape path sees it too.
+    fn pause_for(&self, wait: Duration) {
+        let until = self.limiter.pause_for(wait, Instant::now());
+        self.stats.record_pause(until);
     }
 
     /// Full-jitter exponential backoff before attempt `attempt + 1`.
@@ -422,7 +455,10 @@ impl Client {
             .base_backoff
             .saturating_mul(1 << attempt.saturating_sub(1).min(16))
             .min(self.retry.max_backoff);
-        exp.mul_f64(rand::rng().random_range(0.5..=1.0))
+        // `Duration::mul_f64` panics when the product rounds beyond `Duration::MAX`, which a
+        // `max_backoff` near it would do.
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        Duration::try_from_secs_f64(exp.as_secs_f64() * jitter).unwrap_or(exp)
     }
 }
 
@@ -471,11 +507,28 @@ fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> ApiError {
     ApiError::Transport { endpoint, message }
 }
 
-/// `Retry-After` as delay-seconds or an HTTP date.
+/// `X-RateLimit-Remaining`, if it is a count.
+fn rate_limit_remaining(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get("x-ratelimit-remaining")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date. Delay-seconds beyond `u64` read as
+/// `Duration::MAX` rather than as no header: the server asked for an absurdly long pause,
+/// which the caller caps, not for the default one.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(
+            value
+                .parse::<u64>()
+                .map_or(Duration::MAX, Duration::from_secs),
+        );
     }
     let date = httpdate::parse_http_date(value).ok()?;
     Some(
@@ -531,6 +584,66 @@ mod tests {
         assert!(wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28));
         headers.insert("retry-after", "soon".parse().expect("header"));
         assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn absurd_retry_after_values_read_as_long_pauses_without_panicking() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("retry-after", u64::MAX.to_string().parse().expect("header"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(u64::MAX)));
+        // Beyond u64: an absurd pause was asked for, not none.
+        headers.insert(
+            "retry-after",
+            "99999999999999999999999999".parse().expect("header"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::MAX));
+        headers.insert(
+            "retry-after",
+            "Fri, 31 Dec 9999 23:59:59 GMT".parse().expect("header"),
+        );
+        let wait = retry_after(&headers).expect("a date");
+        assert!(wait > MAX_PAUSE, "{wait:?}");
+        // A date in the past is no pause.
+        headers.insert(
+            "retry-after",
+            "Thu, 01 Jan 1970 00:00:00 GMT".parse().expect("header"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert("retry-after", "-5".parse().expect("header"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn backoff_never_panics_near_duration_max() {
+        let client = Client::new(
+            Url::parse("https://api.kapso.ai/platform/v1").expect("url"),
+            ApiKey::new("k"),
+            80,
+            Duration::from_secs(5),
+            RetryPolicy {
+                base_backoff: Duration::MAX,
+                max_backoff: Duration::MAX,
+                ..RetryPolicy::default()
+            },
+        )
+        .expect("client");
+        for attempt in [1, 2, 40, u32::MAX] {
+            assert!(client.backoff(attempt) > Duration::ZERO);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_for_counts_down_and_keeps_the_longest_pause() {
+        let stats = ApiStats::default();
+        assert_eq!(stats.paused_for(), None);
+        let now = Instant::now();
+        stats.record_pause(now + Duration::from_secs(30));
+        stats.record_pause(now + Duration::from_secs(5));
+        assert_eq!(stats.paused_for(), Some(Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(stats.paused_for(), Some(Duration::from_secs(20)));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(stats.paused_for(), None);
     }
 
     #[test]
