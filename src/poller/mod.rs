@@ -35,6 +35,9 @@ use tracker::{RecentQuery, Tracker, WorkflowObservation};
 
 /// Requests (or workflows) in flight at once within one poll.
 pub const CONCURRENCY: usize = 8;
+/// The pages one execution list may take: 100,000 rows, far more than one workflow holds in
+/// one status.
+const LIST_PAGES: usize = 1_000;
 
 /// The poller of one project.
 pub struct Poller {
@@ -147,7 +150,7 @@ impl Poller {
         let client = &self.client;
         let observations: Vec<(String, Vec<Execution>)> = futures::stream::iter(watched)
             .map(|id| async move {
-                let rows = client.list_conversation_executions(&id).await?;
+                let rows = client.list_conversation_executions(&id, LIST_PAGES).await?;
                 Ok::<_, ApiError>((id, rows))
             })
             .buffer_unordered(CONCURRENCY)
@@ -171,6 +174,7 @@ async fn observe_workflow(
                 status: Some(status),
                 created_after: None,
             },
+            LIST_PAGES,
         )
     }))
     .await?;
@@ -194,7 +198,7 @@ async fn observe_workflow(
         RecentQuery::Skip => Vec::new(),
         RecentQuery::All => {
             client
-                .list_workflow_executions(&workflow.id, ExecutionFilter::default())
+                .list_workflow_executions(&workflow.id, ExecutionFilter::default(), LIST_PAGES)
                 .await?
         }
         RecentQuery::From(after) | RecentQuery::Failed { after, .. } => {
@@ -203,7 +207,7 @@ async fn observe_workflow(
                 created_after: Some(after),
             };
             client
-                .list_workflow_executions(&workflow.id, filter)
+                .list_workflow_executions(&workflow.id, filter, LIST_PAGES)
                 .await?
         }
     };
@@ -291,7 +295,9 @@ async fn list_failed(
         status: Some(ExecutionStatus::Failed),
         created_after: after,
     };
-    client.list_workflow_executions(workflow_id, filter).await
+    client
+        .list_workflow_executions(workflow_id, filter, LIST_PAGES)
+        .await
 }
 
 /// Shares one poller handle name for logs.
