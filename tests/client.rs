@@ -12,6 +12,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
+use kapso_exporter::kapso::client::STALL_PAGES;
+use kapso_exporter::kapso::limiter::MAX_PAUSE;
 use kapso_exporter::kapso::{
     ApiError, ApiKey, Client, ExecutionFilter, ExecutionStatus, RetryPolicy, endpoint,
 };
@@ -22,6 +24,9 @@ use wiremock::matchers::{method, path, query_param, query_param_is_missing};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 const KEY: &str = "sk-live-0123456789abcdefSECRET";
+
+/// The `max_pages` of lists whose ceiling a test does not exercise.
+const PAGES: usize = 1000;
 
 /// No call of these tests may take this long; a hang fails instead of stalling the suite.
 const CALL_LIMIT: Duration = Duration::from_secs(10);
@@ -227,11 +232,11 @@ async fn every_request_carries_the_key_the_documented_path_and_limit() {
         status: Some(ExecutionStatus::Failed),
         created_after: Some(datetime!(2026-05-15 12:05:00.5 UTC)),
     };
-    let rows = bounded(client.list_workflow_executions("wf-1", filter))
+    let rows = bounded(client.list_workflow_executions("wf-1", filter, PAGES))
         .await
         .unwrap();
     assert_eq!(ids(&rows), ["e1"]);
-    let rows = bounded(client.list_conversation_executions("c-1"))
+    let rows = bounded(client.list_conversation_executions("c-1", PAGES))
         .await
         .unwrap();
     assert_eq!(ids(&rows), ["e2"]);
@@ -316,12 +321,15 @@ async fn ids_are_percent_encoded_as_single_path_segments() {
     .await;
     let client = client(&server);
 
-    let rows =
-        bounded(client.list_workflow_executions("team/a b?x#y%", ExecutionFilter::default()))
-            .await
-            .unwrap();
+    let rows = bounded(client.list_workflow_executions(
+        "team/a b?x#y%",
+        ExecutionFilter::default(),
+        PAGES,
+    ))
+    .await
+    .unwrap();
     assert_eq!(ids(&rows), ["e1"]);
-    let rows = bounded(client.list_conversation_executions("conv/../workflows"))
+    let rows = bounded(client.list_conversation_executions("conv/../workflows", PAGES))
         .await
         .unwrap();
     assert_eq!(ids(&rows), ["e2"]);
@@ -342,7 +350,7 @@ async fn dot_and_empty_ids_are_refused_without_a_request() {
     let server = MockServer::start().await;
     let client = client(&server);
     for id in ["", ".", ".."] {
-        let err = bounded(client.list_workflow_executions(id, ExecutionFilter::default()))
+        let err = bounded(client.list_workflow_executions(id, ExecutionFilter::default(), PAGES))
             .await
             .unwrap_err();
         assert!(
@@ -350,7 +358,7 @@ async fn dot_and_empty_ids_are_refused_without_a_request() {
             "{id:?}: {err:?}"
         );
         assert_eq!(err.kind(), "client_error");
-        let err = bounded(client.list_conversation_executions(id))
+        let err = bounded(client.list_conversation_executions(id, PAGES))
             .await
             .unwrap_err();
         assert!(matches!(err, ApiError::InvalidId { .. }), "{id:?}: {err:?}");
@@ -403,7 +411,7 @@ async fn pages_are_followed_through_next_with_the_exact_cursor() {
         status: Some(ExecutionStatus::Waiting),
         created_after: None,
     };
-    let rows = bounded(client.list_workflow_executions("wf-1", filter))
+    let rows = bounded(client.list_workflow_executions("wf-1", filter, PAGES))
         .await
         .unwrap();
     assert_eq!(ids(&rows), ["r1", "r2", "r3", "r4", "r5"]);
@@ -445,7 +453,7 @@ async fn a_missing_paging_object_or_next_ends_the_list() {
     )
     .await;
     let client = client(&server);
-    let rows = bounded(client.list_conversation_executions("c-1"))
+    let rows = bounded(client.list_conversation_executions("c-1", PAGES))
         .await
         .unwrap();
     assert_eq!(ids(&rows), ["r1"]);
@@ -481,6 +489,242 @@ async fn a_repeated_cursor_fails_with_cursor_loop_after_two_requests() {
     assert_eq!(requests.len(), 2);
     assert_eq!(query(&requests[0], "after"), None);
     assert_eq!(query(&requests[1], "after").as_deref(), Some("c2FtZQ=="));
+}
+
+/// Answers request `n` of an execution list with `rows(n)` under the fresh cursor `cur-{n}`.
+fn endless(
+    rows: impl Fn(usize) -> Vec<Value> + Send + Sync + 'static,
+) -> (impl Respond + 'static, Arrivals) {
+    script(move |n| ok(page(&rows(n), Some(&format!("cur-{n}")))))
+}
+
+#[tokio::test]
+async fn empty_pages_with_fresh_cursors_stop_after_stall_pages() {
+    let server = MockServer::start().await;
+    let (responder, arrivals) = endless(|n| {
+        if n == 0 {
+            vec![exec_row("r1")]
+        } else {
+            Vec::new()
+        }
+    });
+    mount_get(&server, "/platform/v1/workflows/wf-1/executions", responder).await;
+    let client = client(&server);
+    let err = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default(), PAGES))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::NoProgress { endpoint: e, pages } if e == endpoint::WORKFLOW_EXECUTIONS && pages == STALL_PAGES),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "paging");
+    assert!(err.to_string().contains("no new row"), "{err}");
+    assert_eq!(arrivals_of(&arrivals).len(), 1 + STALL_PAGES);
+
+    // A list that is empty from its first page stops no later.
+    let server = MockServer::start().await;
+    let (responder, arrivals) = endless(|_| Vec::new());
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations/c-1/flow_executions",
+        responder,
+    )
+    .await;
+    let client = self::client(&server);
+    let err = bounded(client.list_conversation_executions("c-1", PAGES))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ApiError::NoProgress { .. }), "{err:?}");
+    assert!(arrivals_of(&arrivals).len() <= 1 + STALL_PAGES);
+}
+
+#[tokio::test]
+async fn pages_repeating_seen_rows_under_fresh_cursors_stop_after_stall_pages() {
+    let server = MockServer::start().await;
+    let (responder, arrivals) = endless(|n| match n {
+        0 => vec![exec_row("r1"), exec_row("r2")],
+        n if n % 2 == 0 => vec![exec_row("r2"), exec_row("r1")],
+        _ => vec![exec_row("r1")],
+    });
+    mount_get(&server, "/platform/v1/workflows/wf-1/executions", responder).await;
+    let client = client(&server);
+    let err = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default(), PAGES))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::NoProgress { pages, .. } if pages == STALL_PAGES),
+        "{err:?}"
+    );
+    assert_eq!(arrivals_of(&arrivals).len(), 1 + STALL_PAGES);
+}
+
+#[tokio::test]
+async fn a_page_with_one_new_row_among_seen_ones_is_progress() {
+    // Overlapping pages (a row moving between two requests) are tolerated.
+    let server = MockServer::start().await;
+    let (responder, arrivals) = script(|n| {
+        let rows = [exec_row(&format!("r{n}")), exec_row(&format!("r{}", n + 1))];
+        let next = format!("cur-{n}");
+        ok(page(&rows, (n < 2 * STALL_PAGES).then_some(next.as_str())))
+    });
+    mount_get(&server, "/platform/v1/workflows/wf-1/executions", responder).await;
+    let client = client(&server);
+    let rows = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default(), PAGES))
+        .await
+        .unwrap();
+    assert_eq!(arrivals_of(&arrivals).len(), 2 * STALL_PAGES + 1);
+    assert_eq!(rows.len(), 2 * (2 * STALL_PAGES + 1));
+}
+
+#[tokio::test]
+async fn more_than_max_pages_fails_with_the_ceiling() {
+    let server = MockServer::start().await;
+    let (responder, arrivals) = endless(|n| vec![exec_row(&format!("r{n}"))]);
+    mount_get(&server, "/platform/v1/workflows/wf-1/executions", responder).await;
+    let client = client(&server);
+    let err = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default(), 3))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::TooManyPages { endpoint: e, pages: 3 } if e == endpoint::WORKFLOW_EXECUTIONS),
+        "{err:?}"
+    );
+    assert_eq!(err.kind(), "paging");
+    assert!(err.to_string().contains("ceiling"), "{err}");
+    assert_eq!(arrivals_of(&arrivals).len(), 3);
+
+    // A list of exactly `max_pages` pages is not refused.
+    let server = MockServer::start().await;
+    let (responder, arrivals) = script(|n| {
+        let next = format!("cur-{n}");
+        ok(page(
+            &[exec_row(&format!("r{n}"))],
+            (n < 2).then_some(next.as_str()),
+        ))
+    });
+    mount_get(&server, "/platform/v1/workflows/wf-1/executions", responder).await;
+    let client = self::client(&server);
+    let rows = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default(), 3))
+        .await
+        .unwrap();
+    assert_eq!(ids(&rows), ["r0", "r1", "r2"]);
+    assert_eq!(arrivals_of(&arrivals).len(), 3);
+
+    // `max_pages` 0 still reads the first page (`kapso::client` unit tests check that one
+    // beyond `MAX_PAGES` is lowered to it).
+    let server = MockServer::start().await;
+    let (responder, arrivals) = endless(|n| vec![exec_row(&format!("r{n}"))]);
+    mount_get(
+        &server,
+        "/platform/v1/whatsapp/conversations/c-1/flow_executions",
+        responder,
+    )
+    .await;
+    let client = self::client(&server);
+    let err = bounded(client.list_conversation_executions("c-1", 0))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ApiError::TooManyPages { pages: 1, .. }),
+        "{err:?}"
+    );
+    assert_eq!(arrivals_of(&arrivals).len(), 1);
+}
+
+#[tokio::test]
+async fn next_page_lets_the_caller_stop_early() {
+    let server = MockServer::start().await;
+    let (responder, arrivals) = script(|n| {
+        let next = format!("cur-{n}");
+        ok(page(
+            &[exec_row(&format!("r{n}"))],
+            (n < 2).then_some(next.as_str()),
+        ))
+    });
+    mount_get(&server, "/platform/v1/workflows/wf-1/executions", responder).await;
+    let client = client(&server);
+    let filter = ExecutionFilter {
+        status: Some(ExecutionStatus::Waiting),
+        created_after: None,
+    };
+
+    let mut pages = client.execution_pages("wf-1", filter, PAGES).unwrap();
+    assert_eq!(received(&server).await.len(), 0, "requested before asked");
+    let first = bounded(pages.next_page()).await.unwrap().unwrap();
+    assert_eq!(ids(&first), ["r0"]);
+    assert_eq!(pages.pages(), 1);
+    drop(pages);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(arrivals_of(&arrivals).len(), 1, "a page nobody asked for");
+
+    // Read to the end, the pages say so without asking again.
+    let mut pages = client.execution_pages("wf-1", filter, PAGES).unwrap();
+    let mut got = Vec::new();
+    while let Some(page) = bounded(pages.next_page()).await.unwrap() {
+        got.extend(page);
+    }
+    assert_eq!(ids(&got), ["r1", "r2"]);
+    assert!(bounded(pages.next_page()).await.unwrap().is_none());
+    assert_eq!(arrivals_of(&arrivals).len(), 3);
+    let requests = received(&server).await;
+    assert_eq!(query(&requests[2], "after").as_deref(), Some("cur-1"));
+    assert_eq!(query(&requests[2], "status").as_deref(), Some("waiting"));
+}
+
+#[tokio::test]
+async fn a_paging_guard_fails_every_later_call_without_a_request() {
+    let server = MockServer::start().await;
+    let (responder, arrivals) = endless(|_| Vec::new());
+    mount_get(&server, "/platform/v1/workflows/wf-1/executions", responder).await;
+    let client = client(&server);
+    let mut pages = client
+        .execution_pages("wf-1", ExecutionFilter::default(), PAGES)
+        .unwrap();
+    for _ in 0..STALL_PAGES {
+        assert!(
+            bounded(pages.next_page())
+                .await
+                .unwrap()
+                .unwrap()
+                .is_empty()
+        );
+    }
+    for _ in 0..2 {
+        let err = bounded(pages.next_page()).await.unwrap_err();
+        assert!(matches!(err, ApiError::NoProgress { .. }), "{err:?}");
+    }
+    assert_eq!(arrivals_of(&arrivals).len(), STALL_PAGES);
+}
+
+#[tokio::test]
+async fn workflows_follow_a_next_cursor_under_the_same_guards() {
+    let server = MockServer::start().await;
+    let (responder, arrivals) = script(|n| match n {
+        0 => ok(json!({"data": [{"id": "wf-1"}], "paging": {"next": "d2Yy"}})),
+        _ => ok(json!({"data": [{"id": "wf-2"}], "paging": {"next": null}})),
+    });
+    mount_get(&server, "/platform/v1/workflows", responder).await;
+    let client = client(&server);
+    let workflows = bounded(client.list_workflows()).await.unwrap();
+    let ids: Vec<&str> = workflows.iter().map(|w| w.id.as_str()).collect();
+    assert_eq!(ids, ["wf-1", "wf-2"]);
+    assert_eq!(arrivals_of(&arrivals).len(), 2);
+    assert_eq!(
+        query(&received(&server).await[1], "after").as_deref(),
+        Some("d2Yy")
+    );
+
+    let server = MockServer::start().await;
+    let (responder, arrivals) =
+        script(|n| ok(json!({"data": [{"id": "wf-1"}], "paging": {"next": format!("c{n}")}})));
+    mount_get(&server, "/platform/v1/workflows", responder).await;
+    let client = self::client(&server);
+    let err = bounded(client.list_workflows()).await.unwrap_err();
+    assert!(
+        matches!(err, ApiError::NoProgress { endpoint: e, .. } if e == endpoint::WORKFLOWS),
+        "{err:?}"
+    );
+    assert_eq!(arrivals_of(&arrivals).len(), 1 + STALL_PAGES);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -616,6 +860,11 @@ async fn a_retry_after_beyond_the_cap_fails_at_once_and_still_pauses_the_key() {
         "{err:?}"
     );
     assert_eq!(received(&server).await.len(), 1);
+    let paused = client.stats().paused_for().expect("the key is paused");
+    assert!(
+        paused > Duration::from_secs(55) && paused <= Duration::from_secs(60),
+        "{paused:?}"
+    );
 
     let next = tokio::spawn({
         let client = client.clone();
@@ -624,6 +873,109 @@ async fn a_retry_after_beyond_the_cap_fails_at_once_and_still_pauses_the_key() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(received(&server).await.len(), 1, "sent during the pause");
     assert!(!next.is_finished());
+    next.abort();
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_fails_the_request_and_pauses_at_most_max_pause() {
+    for value in [
+        "18446744073709551615".to_owned(),
+        "99999999999999999999999999".to_owned(),
+        "Fri, 31 Dec 9999 23:59:59 GMT".to_owned(),
+        httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(400 * 24 * 3600)),
+    ] {
+        let server = MockServer::start().await;
+        mount_get(
+            &server,
+            "/platform/v1/workflows",
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", value.as_str())
+                .insert_header("X-RateLimit-Remaining", "0"),
+        )
+        .await;
+        let client = client(&server);
+        let started = Instant::now();
+        let err = bounded(client.list_workflows()).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(1), "{value}");
+        assert!(
+            matches!(err, ApiError::RateLimited { endpoint: e } if e == endpoint::WORKFLOWS),
+            "{value}: {err:?}"
+        );
+        assert_eq!(err.kind(), "rate_limited");
+        assert_eq!(received(&server).await.len(), 1, "{value}: retried");
+        let paused = client.stats().paused_for().expect("the key is paused");
+        assert!(paused <= MAX_PAUSE, "{value}: paused for {paused:?}");
+        assert!(
+            paused > MAX_PAUSE - Duration::from_secs(5),
+            "{value}: paused for {paused:?}"
+        );
+        assert_eq!(client.stats().rate_limit_remaining(), Some(0));
+    }
+}
+
+#[tokio::test]
+async fn on_a_429_retry_after_decides_not_zero_remaining() {
+    let server = MockServer::start().await;
+    // Kapso's 429 carries both; the window rule alone would hold the retry for ~60 s.
+    let (responder, arrivals) = script(|n| {
+        if n == 0 {
+            ResponseTemplate::new(429)
+                .insert_header("Retry-After", "1")
+                .insert_header("X-RateLimit-Limit", "100")
+                .insert_header("X-RateLimit-Remaining", "0")
+                .set_body_json(json!({"error": "Rate limit exceeded"}))
+        } else {
+            ok(json!({"data": [{"id": "wf-1"}]})).insert_header("X-RateLimit-Remaining", "99")
+        }
+    });
+    mount_get(&server, "/platform/v1/workflows", responder).await;
+    let client = client(&server);
+    let stats = client.stats();
+    let call = tokio::spawn({
+        let client = client.clone();
+        async move { client.list_workflows().await }
+    });
+    wait_for_arrivals(&arrivals, 1).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let paused = stats.paused_for().expect("paused by the 429");
+    assert!(paused <= Duration::from_secs(1), "paused for {paused:?}");
+    // The gauge still shows what the 429 said.
+    assert_eq!(stats.rate_limit_remaining(), Some(0));
+
+    let workflows = bounded(call).await.unwrap().unwrap();
+    assert_eq!(workflows[0].id, "wf-1");
+    let arrivals = arrivals_of(&arrivals);
+    assert_eq!(arrivals.len(), 2);
+    let gap = arrivals[1] - arrivals[0];
+    assert!(gap >= Duration::from_millis(950), "retried after {gap:?}");
+    assert!(gap < Duration::from_secs(5), "retried after {gap:?}");
+    assert_eq!(stats.rate_limit_remaining(), Some(99));
+    assert_eq!(stats.paused_for(), None);
+}
+
+#[tokio::test]
+async fn zero_remaining_on_a_success_still_holds_the_key() {
+    let server = MockServer::start().await;
+    mount_get(
+        &server,
+        "/platform/v1/workflows",
+        ok(json!({"data": []})).insert_header("X-RateLimit-Remaining", "0"),
+    )
+    .await;
+    let client = client(&server);
+    assert_eq!(client.stats().paused_for(), None);
+    bounded(client.list_workflows()).await.unwrap();
+    let paused = client.stats().paused_for().expect("paused by Remaining: 0");
+    assert!(
+        paused > Duration::from_secs(55) && paused <= Duration::from_secs(60),
+        "{paused:?}"
+    );
+    let next = tokio::spawn({
+        let client = client.clone();
+        async move { client.list_workflows().await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(received(&server).await.len(), 1, "sent during the pause");
     next.abort();
 }
 
@@ -643,7 +995,7 @@ async fn server_errors_are_retried_until_success() {
     });
     mount_get(&server, "/platform/v1/workflows/wf-1/executions", responder).await;
     let client = client(&server);
-    let rows = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default()))
+    let rows = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default(), PAGES))
         .await
         .unwrap();
     assert_eq!(ids(&rows), ["e1"]);
@@ -714,6 +1066,7 @@ async fn unauthorized_is_reported_at_once_without_the_key() {
         other => panic!("expected Unauthorized, got {other:?}"),
     }
     assert_eq!(received(&server).await.len(), 1, "a 401 was retried");
+    assert!(err.is_key_wide(), "a rejected key concerns every request");
     assert!(format!("{err}").contains("Invalid or missing API key"));
 
     let echoed = bounded(client.get_execution("e1")).await.unwrap_err();
@@ -746,7 +1099,7 @@ async fn not_found_is_a_client_error_with_the_body_message() {
     )
     .await;
     let client = client(&server);
-    let err = bounded(client.list_conversation_executions("gone"))
+    let err = bounded(client.list_conversation_executions("gone", PAGES))
         .await
         .unwrap_err();
     match &err {
@@ -760,6 +1113,7 @@ async fn not_found_is_a_client_error_with_the_body_message() {
         }
         other => panic!("expected Client 404, got {other:?}"),
     }
+    assert!(!err.is_key_wide(), "a 404 concerns only that conversation");
     assert_eq!(received(&server).await.len(), 1);
 }
 
@@ -774,7 +1128,7 @@ async fn truncated_json_is_a_decode_error_and_not_retried() {
     )
     .await;
     let client = client(&server);
-    let err = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default()))
+    let err = bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default(), PAGES))
         .await
         .unwrap_err();
     assert!(
@@ -782,6 +1136,10 @@ async fn truncated_json_is_a_decode_error_and_not_retried() {
         "{err:?}"
     );
     assert_eq!(err.kind(), "decode");
+    assert!(
+        !err.is_key_wide(),
+        "an undecodable list concerns only that workflow"
+    );
     assert_eq!(received(&server).await.len(), 1);
 }
 
@@ -820,7 +1178,7 @@ async fn well_formed_json_of_the_wrong_shape_is_a_decode_error() {
 
     let errors = [
         bounded(client.list_workflows()).await.unwrap_err(),
-        bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default()))
+        bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default(), PAGES))
             .await
             .unwrap_err(),
         bounded(client.list_conversations(datetime!(2026-05-15 11:00 UTC)))
@@ -926,7 +1284,7 @@ async fn stats_count_requests_by_endpoint_and_code_and_keep_the_remaining_budget
     assert_eq!(stats.rate_limit_remaining(), None);
     assert!(stats.requests().is_empty());
 
-    bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default()))
+    bounded(client.list_workflow_executions("wf-1", ExecutionFilter::default(), PAGES))
         .await
         .unwrap();
     assert_eq!(stats.rate_limit_remaining(), Some(42));
@@ -967,7 +1325,7 @@ async fn transport_failures_are_counted_as_error() {
     let base = Url::parse(&format!("http://127.0.0.1:{port}/platform/v1")).unwrap();
     let client = client_with(base, 1000, Duration::from_secs(2), fast_retry(2));
 
-    let err = bounded(client.list_conversation_executions("c-1"))
+    let err = bounded(client.list_conversation_executions("c-1", PAGES))
         .await
         .unwrap_err();
     assert!(
@@ -1052,7 +1410,7 @@ async fn rows_are_decoded_tolerantly() {
     .await;
     let client = client(&server);
 
-    let rows = bounded(client.list_conversation_executions("c-1"))
+    let rows = bounded(client.list_conversation_executions("c-1", PAGES))
         .await
         .unwrap();
     assert_eq!(ids(&rows), ["exec_1", "42", "e3"]);

@@ -15,6 +15,7 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use kapso_exporter::config::{Cli, Config};
+use kapso_exporter::kapso::client::STALL_PAGES;
 use kapso_exporter::kapso::models::{
     Conversation, ItemResponse, ListResponse, Workflow, error_message, format_timestamp,
     parse_timestamp,
@@ -320,18 +321,22 @@ async fn scripted_page(
     axum::Json(body)
 }
 
-/// What a correct client does with `pages`: the rows it returns (or a cursor loop), and the
-/// `after` it sends with each request.
+/// What a correct client does with `pages`: the rows it returns (or a paging error: a cursor
+/// loop, or `STALL_PAGES` empty pages in a row under a cursor), and the `after` it sends with
+/// each request.
 fn expected(pages: &[(usize, Next)]) -> (Result<Vec<String>, ()>, Vec<Option<String>>) {
     let mut rows = Vec::new();
     let mut afters = vec![None];
     let mut seen = std::collections::HashSet::new();
+    let mut empty = 0;
     for i in 0.. {
         let (n, next) = pages.get(i).cloned().unwrap_or((0, Next::Null));
         rows.extend((0..n).map(|j| format!("r{i}-{j}")));
+        // Row ids differ from page to page, so only an empty page makes no progress.
+        empty = if n == 0 { empty + 1 } else { 0 };
         match next {
             Next::Cursor(c) => {
-                if !seen.insert(c) {
+                if !seen.insert(c) || empty >= STALL_PAGES {
                     return (Err(()), afters);
                 }
                 afters.push(Some(CURSORS[c].to_owned()));
@@ -342,8 +347,8 @@ fn expected(pages: &[(usize, Next)]) -> (Result<Vec<String>, ()>, Vec<Option<Str
     unreachable!()
 }
 
-/// Any sequence of paging answers ends: with every row served, or with a cursor-loop error
-/// at the first repeated cursor; each cursor is sent back exactly as received.
+/// Any sequence of paging answers ends: with every row served, or with a paging error at the
+/// first repeated cursor or run of empty pages; each cursor is sent back exactly as received.
 #[test]
 fn paging_always_ends_and_sends_cursors_back_verbatim() {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -383,7 +388,7 @@ fn paging_always_ends_and_sends_cursors_back_verbatim() {
         let got = rt.block_on(async {
             tokio::time::timeout(
                 Duration::from_secs(10),
-                client.list_conversation_executions("c1"),
+                client.list_conversation_executions("c1", 1000),
             )
             .await
         });
@@ -394,7 +399,7 @@ fn paging_always_ends_and_sends_cursors_back_verbatim() {
                 let ids: Vec<String> = rows.into_iter().map(|r| r.id).collect();
                 prop_assert_eq!(ids, want);
             }
-            (Err(ApiError::CursorLoop { .. }), Err(())) => {}
+            (Err(ApiError::CursorLoop { .. } | ApiError::NoProgress { .. }), Err(())) => {}
             (got, want) => {
                 return Err(TestCaseError::fail(format!(
                     "got {got:?}, want {want:?} for {pages:?}"

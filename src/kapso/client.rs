@@ -1,6 +1,8 @@
 //! The HTTP client of one Kapso project: authentication, rate limiting, retries, paging.
 
 use std::collections::{BTreeMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::marker::PhantomData;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -12,7 +14,7 @@ use tokio::time::Instant;
 use url::Url;
 
 use super::error::ApiError;
-use super::limiter::RateLimiter;
+use super::limiter::{MAX_PAUSE, RateLimiter};
 use super::models::{
     Conversation, Execution, ExecutionStatus, ItemResponse, ListResponse, Workflow, error_message,
     format_timestamp,
@@ -20,8 +22,24 @@ use super::models::{
 
 /// The largest page Kapso serves.
 pub const PAGE_LIMIT: u32 = 100;
-/// Paging stops (with an error) after this many pages of one list: 1,000,000 rows.
+/// The largest `max_pages` a caller may ask for (a larger one is lowered to it): 1,000,000
+/// rows, so no list pages without end.
 pub const MAX_PAGES: usize = 10_000;
+/// Paging stops (with a `paging` error) after this many pages in a row that brought no row
+/// the list had not already returned while `paging.next` still offered another cursor: a
+/// list that makes no progress then costs at most `1 + STALL_PAGES` requests, not
+/// `MAX_PAGES`. More than one, so that a page emptied by rows moving away between two
+/// requests does not end the list.
+pub const STALL_PAGES: usize = 3;
+/// The pages `GET /workflows` may take. Kapso documents no paging there; a `paging.next` is
+/// followed all the same, up to 10,000 workflows.
+pub const WORKFLOW_PAGES: usize = 100;
+/// The pages conversation discovery may take: 10,000 conversations, as many as
+/// `--metrics.max-conversations` shows by default and far more than a key's budget can poll
+/// (each costs at least one request per poll).
+pub const CONVERSATION_PAGES: usize = 100;
+/// The pause after a 429 without a usable `Retry-After`: Kapso's documented value.
+const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// A response body larger than this is refused rather than buffered.
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 
@@ -65,7 +83,9 @@ pub struct RetryPolicy {
     pub base_backoff: Duration,
     /// Upper bound of one backoff.
     pub max_backoff: Duration,
-    /// Upper bound of one `Retry-After` pause; longer ones fail the request.
+    /// Upper bound of one `Retry-After` pause to wait out and retry; longer ones (and any
+    /// beyond [`MAX_PAUSE`]) fail the request, the key staying paused for at most
+    /// [`MAX_PAUSE`].
     pub max_retry_after: Duration,
 }
 
@@ -85,6 +105,9 @@ impl Default for RetryPolicy {
 pub struct ApiStats {
     requests: Mutex<BTreeMap<(&'static str, String), u64>>,
     rate_limit_remaining: AtomicI64,
+    /// When the latest pause of the key ends: the limiter's own pause, mirrored here because
+    /// the scrape path holds the stats, not the client.
+    paused_until: Mutex<Option<Instant>>,
 }
 
 impl Default for ApiStats {
@@ -92,6 +115,7 @@ impl Default for ApiStats {
         Self {
             requests: Mutex::default(),
             rate_limit_remaining: AtomicI64::new(-1),
+            paused_until: Mutex::default(),
         }
     }
 }
@@ -119,6 +143,28 @@ impl ApiStats {
     pub fn rate_limit_remaining(&self) -> Option<u64> {
         u64::try_from(self.rate_limit_remaining.load(Ordering::Relaxed)).ok()
     }
+
+    /// How long from now requests of this key still wait (after a 429's `Retry-After` or an
+    /// `X-RateLimit-Remaining: 0`), `None` when the key is not paused. At most
+    /// [`MAX_PAUSE`](super::limiter::MAX_PAUSE).
+    pub fn paused_for(&self) -> Option<Duration> {
+        let until = (*self.paused_until.lock().unwrap_or_else(|e| e.into_inner()))?;
+        until
+            .checked_duration_since(Instant::now())
+            .filter(|left| !left.is_zero())
+    }
+
+    fn record_remaining(&self, remaining: u64) {
+        self.rate_limit_remaining.store(
+            i64::try_from(remaining).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    fn record_pause(&self, until: Instant) {
+        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        *paused = Some(paused.map_or(until, |t| t.max(until)));
+    }
 }
 
 /// The client of one Kapso project (one API key).
@@ -133,29 +179,6 @@ pub struct Client {
     limiter: RateLimiter,
     retry: RetryPolicy,
     stats: std::sync::Arc<ApiStats>,
-}
-
-/// SHIM (replaced by the client branch).
-pub struct ExecutionPages<'a> {
-    client: &'a Client,
-    workflow_id: &'a str,
-    filter: ExecutionFilter,
-    max_pages: usize,
-    done: bool,
-}
-
-impl ExecutionPages<'_> {
-    /// SHIM.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<Execution>>, ApiError> {
-        if self.done {
-            return Ok(None);
-        }
-        self.done = true;
-        self.client
-            .list_workflow_executions(self.workflow_id, self.filter, self.max_pages)
-            .await
-            .map(Some)
-    }
 }
 
 /// Query of `GET /workflows/{id}/executions`.
@@ -208,19 +231,22 @@ impl Client {
         self.stats.clone()
     }
 
-    /// `GET /workflows`: every workflow of the project.
+    /// `GET /workflows`: every workflow of the project (at most [`WORKFLOW_PAGES`] pages).
     pub async fn list_workflows(&self) -> Result<Vec<Workflow>, ApiError> {
         let url = self.url(endpoint::WORKFLOWS, &["workflows"])?;
-        self.list_all(endpoint::WORKFLOWS, url, Vec::new()).await
+        Pager::new(endpoint::WORKFLOWS, url, Vec::new(), WORKFLOW_PAGES)
+            .collect(self)
+            .await
     }
 
-    /// `GET /workflows/{id}/executions`, every page.
-    pub async fn list_workflow_executions(
+    /// `GET /workflows/{id}/executions`, page by page: at most `max_pages` pages (lowered to
+    /// [`MAX_PAGES`], raised to 1).
+    pub fn execution_pages(
         &self,
         workflow_id: &str,
         filter: ExecutionFilter,
-        _max_pages: usize,
-    ) -> Result<Vec<Execution>, ApiError> {
+        max_pages: usize,
+    ) -> Result<ExecutionPages<'_>, ApiError> {
         let mut query = Vec::new();
         if let Some(status) = filter.status {
             query.push(("status", status.as_str().to_owned()));
@@ -232,16 +258,19 @@ impl Client {
             endpoint::WORKFLOW_EXECUTIONS,
             &["workflows", workflow_id, "executions"],
         )?;
-        self.list_all(endpoint::WORKFLOW_EXECUTIONS, url, query)
-            .await
+        Ok(ExecutionPages {
+            client: self,
+            pager: Pager::new(endpoint::WORKFLOW_EXECUTIONS, url, query, max_pages),
+        })
     }
 
-    /// `GET /whatsapp/conversations/{id}/flow_executions`, every page.
-    pub async fn list_conversation_executions(
+    /// `GET /whatsapp/conversations/{id}/flow_executions`, page by page: at most `max_pages`
+    /// pages (lowered to [`MAX_PAGES`], raised to 1).
+    pub fn conversation_execution_pages(
         &self,
         conversation_id: &str,
-        _max_pages: usize,
-    ) -> Result<Vec<Execution>, ApiError> {
+        max_pages: usize,
+    ) -> Result<ExecutionPages<'_>, ApiError> {
         let url = self.url(
             endpoint::CONVERSATION_EXECUTIONS,
             &[
@@ -251,34 +280,51 @@ impl Client {
                 "flow_executions",
             ],
         )?;
-        self.list_all(endpoint::CONVERSATION_EXECUTIONS, url, Vec::new())
+        Ok(ExecutionPages {
+            client: self,
+            pager: Pager::new(
+                endpoint::CONVERSATION_EXECUTIONS,
+                url,
+                Vec::new(),
+                max_pages,
+            ),
+        })
+    }
+
+    /// `GET /workflows/{id}/executions`, every page (at most `max_pages`).
+    pub async fn list_workflow_executions(
+        &self,
+        workflow_id: &str,
+        filter: ExecutionFilter,
+        max_pages: usize,
+    ) -> Result<Vec<Execution>, ApiError> {
+        self.execution_pages(workflow_id, filter, max_pages)?
+            .collect_rows()
             .await
     }
 
-    /// SHIM (replaced by the client branch).
-    pub fn execution_pages<'a>(
-        &'a self,
-        workflow_id: &'a str,
-        filter: ExecutionFilter,
+    /// `GET /whatsapp/conversations/{id}/flow_executions`, every page (at most `max_pages`).
+    pub async fn list_conversation_executions(
+        &self,
+        conversation_id: &str,
         max_pages: usize,
-    ) -> ExecutionPages<'a> {
-        ExecutionPages {
-            client: self,
-            workflow_id,
-            filter,
-            max_pages,
-            done: false,
-        }
+    ) -> Result<Vec<Execution>, ApiError> {
+        self.conversation_execution_pages(conversation_id, max_pages)?
+            .collect_rows()
+            .await
     }
 
-    /// `GET /whatsapp/conversations?last_active_after=...`, every page.
+    /// `GET /whatsapp/conversations?last_active_after=...`, every page (at most
+    /// [`CONVERSATION_PAGES`]).
     pub async fn list_conversations(
         &self,
         last_active_after: OffsetDateTime,
     ) -> Result<Vec<Conversation>, ApiError> {
         let query = vec![("last_active_after", format_timestamp(last_active_after))];
         let url = self.url(endpoint::CONVERSATIONS, &["whatsapp", "conversations"])?;
-        self.list_all(endpoint::CONVERSATIONS, url, query).await
+        Pager::new(endpoint::CONVERSATIONS, url, query, CONVERSATION_PAGES)
+            .collect(self)
+            .await
     }
 
     /// `GET /workflow_executions/{id}`.
@@ -314,34 +360,6 @@ impl Client {
             return text;
         }
         text.replace(key, "<redacted>")
-    }
-
-    /// Follows `paging.next` to the end, guarding against a cursor that comes back.
-    async fn list_all<T: DeserializeOwned>(
-        &self,
-        endpoint: &'static str,
-        url: Url,
-        mut query: Vec<(&'static str, String)>,
-    ) -> Result<Vec<T>, ApiError> {
-        query.push(("limit", PAGE_LIMIT.to_string()));
-        let mut rows = Vec::new();
-        let mut seen = HashSet::new();
-        for _ in 0..MAX_PAGES {
-            let page: ListResponse<T> = self.get(endpoint, url.clone(), &query).await?;
-            rows.extend(page.data);
-            let Some(next) = page.paging.and_then(|p| p.next).filter(|n| !n.is_empty()) else {
-                return Ok(rows);
-            };
-            if !seen.insert(next.clone()) {
-                return Err(ApiError::CursorLoop { endpoint });
-            }
-            query.retain(|(k, _)| *k != "after");
-            query.push(("after", next));
-        }
-        Err(ApiError::TooManyPages {
-            endpoint,
-            pages: MAX_PAGES,
-        })
     }
 
     /// One GET with rate limiting and retries, decoded as `T`.
@@ -382,16 +400,26 @@ impl Client {
             drop(permit);
             let status = response.status();
             self.stats.record(endpoint, status.as_str());
-            self.observe_rate_limit(response.headers());
+            let remaining = rate_limit_remaining(response.headers());
+            if let Some(remaining) = remaining {
+                self.stats.record_remaining(remaining);
+            }
             if status == reqwest::StatusCode::TOO_MANY_REQUESTS {
-                let wait = retry_after(response.headers()).unwrap_or(Duration::from_secs(60));
-                if last || wait > self.retry.max_retry_after {
-                    self.limiter.pause_until(Instant::now() + wait);
+                // The server's `Retry-After` decides. Kapso sends `X-RateLimit-Remaining: 0`
+                // with its 429s too, which our window rule would stretch to up to 60 s after
+                // the oldest request; the server knows better when it takes requests again.
+                let asked = retry_after(response.headers()).unwrap_or(DEFAULT_RETRY_AFTER);
+                self.pause_for(asked);
+                if last || asked > self.retry.max_retry_after || asked > MAX_PAUSE {
                     return Err(ApiError::RateLimited { endpoint });
                 }
-                tracing::warn!(endpoint, wait = ?wait, "rate limited by Kapso; pausing every request of this key");
-                self.limiter.pause_until(Instant::now() + wait);
+                tracing::warn!(endpoint, wait = ?asked, "rate limited by Kapso; pausing every request of this key");
                 continue;
+            }
+            if let Some(remaining) = remaining {
+                if let Some(until) = self.limiter.observe_remaining(remaining, Instant::now()) {
+                    self.stats.record_pause(until);
+                }
             }
             let body = match read_body(response, endpoint).await {
                 Ok(body) => body,
@@ -442,18 +470,11 @@ impl Client {
         }
     }
 
-    fn observe_rate_limit(&self, headers: &reqwest::header::HeaderMap) {
-        let remaining = headers
-            .get("x-ratelimit-remaining")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok());
-        if let Some(remaining) = remaining {
-            self.stats.rate_limit_remaining.store(
-                i64::try_from(remaining).unwrap_or(i64::MAX),
-                Ordering::Relaxed,
-            );
-            self.limiter.observe_remaining(remaining, Instant::now());
-        }
+    /// Pauses every request of the key for `wait` (capped at [`MAX_PAUSE`]), where the
+    /// scrape path sees it too.
+    fn pause_for(&self, wait: Duration) {
+        let until = self.limiter.pause_for(wait, Instant::now());
+        self.stats.record_pause(until);
     }
 
     /// Full-jitter exponential backoff before attempt `attempt + 1`.
@@ -463,7 +484,173 @@ impl Client {
             .base_backoff
             .saturating_mul(1 << attempt.saturating_sub(1).min(16))
             .min(self.retry.max_backoff);
-        exp.mul_f64(rand::rng().random_range(0.5..=1.0))
+        // `Duration::mul_f64` panics when the product rounds beyond `Duration::MAX`, which a
+        // `max_backoff` near it would do.
+        let jitter = rand::rng().random_range(0.5..=1.0);
+        Duration::try_from_secs_f64(exp.as_secs_f64() * jitter).unwrap_or(exp)
+    }
+}
+
+/// The pages of one execution list, requested one at a time so that a caller can stop
+/// early; made by [`Client::execution_pages`] and [`Client::conversation_execution_pages`].
+///
+/// Paging fails with a `paging` error, without another request, when a cursor comes back
+/// ([`ApiError::CursorLoop`]), when [`STALL_PAGES`] pages in a row bring no row the list had
+/// not returned ([`ApiError::NoProgress`]), or when more than `max_pages` pages would be
+/// needed ([`ApiError::TooManyPages`]); such an error is final: every later call returns it
+/// again. A failed request is not: calling [`next_page`](Self::next_page) again asks for the
+/// same page.
+#[derive(Debug)]
+pub struct ExecutionPages<'a> {
+    client: &'a Client,
+    pager: Pager<Execution>,
+}
+
+impl ExecutionPages<'_> {
+    /// The next page, `None` once the last page (`paging.next` null, empty or absent) was
+    /// returned.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Execution>>, ApiError> {
+        self.pager.next(self.client).await
+    }
+
+    /// The pages received so far.
+    pub fn pages(&self) -> usize {
+        self.pager.pages
+    }
+
+    /// The rows of every remaining page, in order.
+    pub async fn collect_rows(self) -> Result<Vec<Execution>, ApiError> {
+        self.pager.collect(self.client).await
+    }
+}
+
+/// A row of a list, known by its id: the no-progress guard counts rows not returned before.
+trait Row {
+    fn row_id(&self) -> &str;
+}
+
+impl Row for Execution {
+    fn row_id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Row for Workflow {
+    fn row_id(&self) -> &str {
+        &self.id
+    }
+}
+
+impl Row for Conversation {
+    fn row_id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// Why paging stopped for good.
+#[derive(Clone, Copy, Debug)]
+enum Stop {
+    /// The last page was returned.
+    End,
+    CursorLoop,
+    NoProgress(usize),
+    TooManyPages(usize),
+}
+
+/// Follows `paging.next` of one list, page by page, with the guards of [`ExecutionPages`].
+#[derive(Debug)]
+struct Pager<T> {
+    endpoint: &'static str,
+    url: Url,
+    query: Vec<(&'static str, String)>,
+    max_pages: usize,
+    /// Pages received so far.
+    pages: usize,
+    /// Pages in a row, up to the last one received, that brought no new row.
+    stalled: usize,
+    cursors: HashSet<String>,
+    /// Hashes of the ids returned so far rather than copies of them: a list of 200,000 rows
+    /// then holds 8 bytes a row. A collision could only make one page look like no progress
+    /// if every row of it collided; with 64-bit hashes of at most 1,000,000 ids that does not
+    /// happen in practice.
+    ids: HashSet<u64>,
+    hasher: RandomState,
+    stop: Option<Stop>,
+    rows: PhantomData<fn() -> T>,
+}
+
+impl<T: DeserializeOwned + Row> Pager<T> {
+    fn new(
+        endpoint: &'static str,
+        url: Url,
+        mut query: Vec<(&'static str, String)>,
+        max_pages: usize,
+    ) -> Self {
+        query.push(("limit", PAGE_LIMIT.to_string()));
+        Self {
+            endpoint,
+            url,
+            query,
+            max_pages: max_pages.clamp(1, MAX_PAGES),
+            pages: 0,
+            stalled: 0,
+            cursors: HashSet::new(),
+            ids: HashSet::new(),
+            hasher: RandomState::new(),
+            stop: None,
+            rows: PhantomData,
+        }
+    }
+
+    async fn next(&mut self, client: &Client) -> Result<Option<Vec<T>>, ApiError> {
+        let endpoint = self.endpoint;
+        match self.stop {
+            None => {}
+            Some(Stop::End) => return Ok(None),
+            Some(Stop::CursorLoop) => return Err(ApiError::CursorLoop { endpoint }),
+            Some(Stop::NoProgress(pages)) => return Err(ApiError::NoProgress { endpoint, pages }),
+            Some(Stop::TooManyPages(pages)) => {
+                return Err(ApiError::TooManyPages { endpoint, pages });
+            }
+        }
+        let page: ListResponse<T> = client.get(endpoint, self.url.clone(), &self.query).await?;
+        self.pages += 1;
+        let mut progress = false;
+        for row in &page.data {
+            progress |= self.ids.insert(self.hasher.hash_one(row.row_id()));
+        }
+        match page.paging.and_then(|p| p.next).filter(|n| !n.is_empty()) {
+            None => self.stop = Some(Stop::End),
+            Some(next) => self.follow(next, progress),
+        }
+        Ok(Some(page.data))
+    }
+
+    /// Sets up the request of the page after `next`, or the guard that refuses it.
+    fn follow(&mut self, next: String, progress: bool) {
+        self.stalled = if progress { 0 } else { self.stalled + 1 };
+        self.stop = if self.cursors.contains(&next) {
+            Some(Stop::CursorLoop)
+        } else if self.stalled >= STALL_PAGES {
+            Some(Stop::NoProgress(self.stalled))
+        } else if self.pages >= self.max_pages {
+            Some(Stop::TooManyPages(self.max_pages))
+        } else {
+            None
+        };
+        if self.stop.is_none() {
+            self.query.retain(|(k, _)| *k != "after");
+            self.query.push(("after", next.clone()));
+            self.cursors.insert(next);
+        }
+    }
+
+    async fn collect(mut self, client: &Client) -> Result<Vec<T>, ApiError> {
+        let mut rows = Vec::new();
+        while let Some(page) = self.next(client).await? {
+            rows.extend(page);
+        }
+        Ok(rows)
     }
 }
 
@@ -512,11 +699,28 @@ fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> ApiError {
     ApiError::Transport { endpoint, message }
 }
 
-/// `Retry-After` as delay-seconds or an HTTP date.
+/// `X-RateLimit-Remaining`, if it is a count.
+fn rate_limit_remaining(headers: &reqwest::header::HeaderMap) -> Option<u64> {
+    headers
+        .get("x-ratelimit-remaining")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+}
+
+/// `Retry-After` as delay-seconds or an HTTP date. Delay-seconds beyond `u64` read as
+/// `Duration::MAX` rather than as no header: the server asked for an absurdly long pause,
+/// which the caller caps, not for the default one.
 fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get("retry-after")?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(
+            value
+                .parse::<u64>()
+                .map_or(Duration::MAX, Duration::from_secs),
+        );
     }
     let date = httpdate::parse_http_date(value).ok()?;
     Some(
@@ -572,6 +776,76 @@ mod tests {
         assert!(wait <= Duration::from_secs(30) && wait >= Duration::from_secs(28));
         headers.insert("retry-after", "soon".parse().expect("header"));
         assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn absurd_retry_after_values_read_as_long_pauses_without_panicking() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert("retry-after", u64::MAX.to_string().parse().expect("header"));
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(u64::MAX)));
+        // Beyond u64: an absurd pause was asked for, not none.
+        headers.insert(
+            "retry-after",
+            "99999999999999999999999999".parse().expect("header"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::MAX));
+        headers.insert(
+            "retry-after",
+            "Fri, 31 Dec 9999 23:59:59 GMT".parse().expect("header"),
+        );
+        let wait = retry_after(&headers).expect("a date");
+        assert!(wait > MAX_PAUSE, "{wait:?}");
+        // A date in the past is no pause.
+        headers.insert(
+            "retry-after",
+            "Thu, 01 Jan 1970 00:00:00 GMT".parse().expect("header"),
+        );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO));
+        headers.insert("retry-after", "-5".parse().expect("header"));
+        assert_eq!(retry_after(&headers), None);
+    }
+
+    #[test]
+    fn backoff_never_panics_near_duration_max() {
+        let client = Client::new(
+            Url::parse("https://api.kapso.ai/platform/v1").expect("url"),
+            ApiKey::new("k"),
+            80,
+            Duration::from_secs(5),
+            RetryPolicy {
+                base_backoff: Duration::MAX,
+                max_backoff: Duration::MAX,
+                ..RetryPolicy::default()
+            },
+        )
+        .expect("client");
+        for attempt in [1, 2, 40, u32::MAX] {
+            assert!(client.backoff(attempt) > Duration::ZERO);
+        }
+    }
+
+    #[test]
+    fn max_pages_is_kept_between_one_and_max_pages() {
+        let url = Url::parse("https://api.kapso.ai/platform/v1/workflows").expect("url");
+        let pager = |max| Pager::<Workflow>::new(endpoint::WORKFLOWS, url.clone(), Vec::new(), max);
+        assert_eq!(pager(usize::MAX).max_pages, MAX_PAGES);
+        assert_eq!(pager(MAX_PAGES + 1).max_pages, MAX_PAGES);
+        assert_eq!(pager(0).max_pages, 1);
+        assert_eq!(pager(7).max_pages, 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn paused_for_counts_down_and_keeps_the_longest_pause() {
+        let stats = ApiStats::default();
+        assert_eq!(stats.paused_for(), None);
+        let now = Instant::now();
+        stats.record_pause(now + Duration::from_secs(30));
+        stats.record_pause(now + Duration::from_secs(5));
+        assert_eq!(stats.paused_for(), Some(Duration::from_secs(30)));
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(stats.paused_for(), Some(Duration::from_secs(20)));
+        tokio::time::advance(Duration::from_secs(20)).await;
+        assert_eq!(stats.paused_for(), None);
     }
 
     #[test]

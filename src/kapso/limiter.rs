@@ -3,8 +3,8 @@
 //! Kapso counts requests per key per minute (facts sheet §8) and does not say whether its
 //! window is fixed or sliding; a sliding 60 s log is the conservative reading: the exporter
 //! never sends more than `limit` requests in any 60 s span. A 429's `Retry-After` pauses every
-//! request of the key, and `X-RateLimit-Remaining: 0` pauses it until our oldest request
-//! leaves the window.
+//! request of the key (for at most [`MAX_PAUSE`]), and `X-RateLimit-Remaining: 0` pauses it
+//! until our oldest request leaves the window.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -16,6 +16,14 @@ use tokio::time::Instant;
 
 /// The length of Kapso's rate-limit window.
 pub const WINDOW: Duration = Duration::from_secs(60);
+
+/// The longest one pause of the key may last, whatever the server asks for.
+///
+/// Kapso documents `Retry-After: 60` on its 429s (facts sheet §8). Fifteen times that leaves
+/// room for a gateway in front of it that backs off longer, and still bounds what a corrupted
+/// header (`Retry-After: 18446744073709551615`, a date in the year 9999) can do: the key
+/// resumes within 15 minutes, and no instant is built that the clock cannot hold.
+pub const MAX_PAUSE: Duration = Duration::from_secs(15 * 60);
 
 /// A request occupies its slot of the budget from the moment it is allowed until 60 s after
 /// its response arrived. Kapso counts it at some instant in between, unknown to us; counting
@@ -104,23 +112,36 @@ impl RateLimiter {
         Err(inner.done.peek().map_or(now + WINDOW, |t| t.0 + WINDOW))
     }
 
-    /// Holds every request of this key until `until` (a 429's `Retry-After`).
-    pub fn pause_until(&self, until: Instant) {
+    /// Holds every request of this key until `until`; returns when the pause now ends (a
+    /// shorter pause does not shorten a longer one).
+    pub fn pause_until(&self, until: Instant) -> Instant {
         let mut inner = self.lock();
-        inner.paused_until = Some(inner.paused_until.map_or(until, |t| t.max(until)));
+        let until = inner.paused_until.map_or(until, |t| t.max(until));
+        inner.paused_until = Some(until);
+        until
+    }
+
+    /// Holds every request of this key for `wait` from `now` (a 429's `Retry-After`), at most
+    /// for [`MAX_PAUSE`]; returns when the pause now ends.
+    pub fn pause_for(&self, wait: Duration, now: Instant) -> Instant {
+        // `Instant + Duration` panics when the clock cannot hold the sum; capped first, the
+        // sum always fits, and `checked_add` keeps even an exotic clock from panicking.
+        let wait = wait.min(MAX_PAUSE);
+        self.pause_until(now.checked_add(wait).unwrap_or(now))
     }
 
     /// Reacts to `X-RateLimit-Remaining`: at zero, the next request would be refused, so wait
-    /// until our oldest request leaves the window (at most one window).
-    pub fn observe_remaining(&self, remaining: u64, now: Instant) {
+    /// until our oldest request leaves the window (at most one window). Returns when the
+    /// pause now ends, if this paused the key.
+    pub fn observe_remaining(&self, remaining: u64, now: Instant) -> Option<Instant> {
         if remaining > 0 {
-            return;
+            return None;
         }
         let until = {
             let inner = self.lock();
             inner.done.peek().map_or(now + WINDOW, |t| t.0 + WINDOW)
         };
-        self.pause_until(until);
+        Some(self.pause_until(until))
     }
 
     /// When a paused limiter resumes, if it is paused at `now`.
@@ -210,6 +231,27 @@ mod tests {
         let before = Instant::now();
         drop(limiter.acquire().await);
         assert_eq!(Instant::now() - before, Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_is_capped_at_max_pause() {
+        let limiter = RateLimiter::new(100);
+        let start = Instant::now();
+        // Neither panics on overflow nor pauses beyond the cap.
+        assert_eq!(limiter.pause_for(Duration::MAX, start), start + MAX_PAUSE);
+        assert_eq!(
+            limiter.pause_for(Duration::from_secs(u64::MAX), start),
+            start + MAX_PAUSE
+        );
+        assert_eq!(limiter.paused_until(start), Some(start + MAX_PAUSE));
+        drop(limiter.acquire().await);
+        assert_eq!(Instant::now() - start, MAX_PAUSE);
+        // A short pause is taken as asked.
+        let now = Instant::now();
+        assert_eq!(
+            limiter.pause_for(Duration::from_secs(3), now),
+            now + Duration::from_secs(3)
+        );
     }
 
     #[tokio::test(start_paused = true)]

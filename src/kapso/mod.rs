@@ -5,6 +5,8 @@ pub mod error;
 pub mod limiter;
 pub mod models;
 
-pub use client::{ApiKey, ApiStats, Client, ExecutionFilter, RetryPolicy, endpoint};
+pub use client::{
+    ApiKey, ApiStats, Client, ExecutionFilter, ExecutionPages, RetryPolicy, endpoint,
+};
 pub use error::ApiError;
 pub use models::{Execution, ExecutionStatus, Workflow};

@@ -206,7 +206,11 @@ impl Poller {
         let now = self.clock.now();
         let mut watched: Vec<String> = ids.to_vec();
         if let Some(within) = discover {
-            let since = now - within;
+            // A huge --kapso.discover-conversations means "all": no arithmetic may panic.
+            let since = time::Duration::try_from(within)
+                .ok()
+                .and_then(|d| now.checked_sub(d))
+                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
             let conversations = match self.client.list_conversations(since).await {
                 Ok(c) => c,
                 Err(e) => return Outcome::failed(e),
@@ -347,7 +351,7 @@ async fn list_wanted(
     wanted: &mut BTreeSet<String>,
 ) -> Result<Vec<Execution>, ApiError> {
     let mut found = Vec::new();
-    let mut pages = client.execution_pages(workflow_id, filter, max_pages);
+    let mut pages = client.execution_pages(workflow_id, filter, max_pages)?;
     while let Some(page) = pages.next_page().await? {
         for mut row in page {
             if wanted.remove(&row.id) {
