@@ -1,5 +1,5 @@
 //! Wiring: builds the clients, pollers, registry and router from a validated [`Config`], and
-//! runs them until SIGTERM or SIGINT.
+//! runs them, supervised (see [`crate::supervisor`]), until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -14,6 +14,7 @@ use crate::kapso::{ApiKey, Client, RetryPolicy};
 use crate::poller::{self, Poller};
 use crate::simulator::{Simulator, SimulatorConfig};
 use crate::state::{ProjectState, SharedProject};
+use crate::supervisor::{Supervisor, TaskCollector, Tasks};
 use crate::{http, metrics};
 
 /// How long in-flight scrapes may take to finish after a shutdown signal.
@@ -25,10 +26,23 @@ pub struct Exporter {
     pub router: axum::Router,
     pub pollers: Vec<Poller>,
     pub projects: Vec<SharedProject>,
+    /// The supervised tasks that `/-/healthy`, `/-/ready` and `kapso_exporter_task_up` report;
+    /// empty until [`start`] spawns them.
+    pub tasks: Tasks,
 }
 
 /// Builds the exporter for `config`, reading time from `clock`.
 pub fn build(config: &Config, clock: Clock, retry: RetryPolicy) -> anyhow::Result<Exporter> {
+    build_with(config, clock, retry, Tasks::default())
+}
+
+/// [`build`], reporting the supervised tasks of `tasks`.
+fn build_with(
+    config: &Config,
+    clock: Clock,
+    retry: RetryPolicy,
+    tasks: Tasks,
+) -> anyhow::Result<Exporter> {
     let mut pollers = Vec::new();
     let mut projects = Vec::new();
     for p in &config.projects {
@@ -51,13 +65,21 @@ pub fn build(config: &Config, clock: Clock, retry: RetryPolicy) -> anyhow::Resul
             config.max_conversations,
         ));
     }
-    let registry = metrics::registry(projects.clone(), clock, &config.stall_thresholds);
-    let router = http::router(registry, projects.clone(), &config.telemetry_path);
+    let mut registry = metrics::registry(projects.clone(), clock, &config.stall_thresholds);
+    // A collector of its own, so that the task metric stays apart from the project metrics.
+    registry.register_collector(Box::new(TaskCollector::new(tasks.clone())));
+    let router = http::router(
+        registry,
+        projects.clone(),
+        tasks.clone(),
+        &config.telemetry_path,
+    );
     let router = http::auth::protect(router, &config.web);
     Ok(Exporter {
         router,
         pollers,
         projects,
+        tasks,
     })
 }
 
@@ -65,22 +87,15 @@ pub fn build(config: &Config, clock: Clock, retry: RetryPolicy) -> anyhow::Resul
 pub struct Running {
     pub addr: SocketAddr,
     pub projects: Vec<SharedProject>,
-    cancel: CancellationToken,
-    tasks: tokio::task::JoinSet<()>,
+    /// The supervised tasks: `poller/<project>`, `http` and, with `--demo`, `simulator`.
+    pub tasks: Tasks,
+    supervisor: Supervisor,
 }
 
 impl Running {
     /// Stops polling and serving, waiting at most [`SHUTDOWN_GRACE`] for open requests.
-    pub async fn shutdown(mut self) {
-        self.cancel.cancel();
-        let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-            while self.tasks.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!("shutdown grace period elapsed; aborting open connections");
-            self.tasks.abort_all();
-        }
+    pub async fn shutdown(self) {
+        self.supervisor.shutdown(SHUTDOWN_GRACE).await;
     }
 }
 
@@ -88,7 +103,8 @@ impl Running {
 /// embedded simulator), and returns at once.
 pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> {
     let cancel = CancellationToken::new();
-    let mut tasks = tokio::task::JoinSet::new();
+    let tasks = Tasks::default();
+    let mut supervisor = Supervisor::new(tasks.clone(), cancel.clone());
     if config.demo {
         let variance = config.demo_variance.clone();
         let demo = SimulatorConfig {
@@ -106,13 +122,22 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
             p.base_url = running.base_url.clone();
             p.api_key = key.clone();
         }
-        let ticker = sim.run_ticker(Duration::from_secs(1));
+        let mut ticker = sim.run_ticker(Duration::from_secs(1));
         let token = cancel.clone();
-        tasks.spawn(async move {
-            // The simulator serves and evolves until shutdown.
+        supervisor.spawn("simulator", async move {
+            // The simulator serves and evolves until shutdown; a ticker that panicked fails
+            // this task with the ticker's panic, so that it is not lost.
             let _running = running;
-            token.cancelled().await;
-            ticker.abort();
+            tokio::select! {
+                _ = token.cancelled() => ticker.abort(),
+                ended = &mut ticker => {
+                    if let Err(e) = ended {
+                        if e.is_panic() {
+                            std::panic::resume_unwind(e.into_panic());
+                        }
+                    }
+                }
+            }
         });
     }
     let listener = TcpListener::bind(config.listen_address)
@@ -121,25 +146,33 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
     let addr = listener
         .local_addr()
         .context("failed to read the listen address")?;
-    let exporter = build(&config, clock, RetryPolicy::default())?;
-    for (poller, p) in exporter.pollers.into_iter().zip(&config.projects) {
+    let exporter = build_with(&config, clock, RetryPolicy::default(), tasks)?;
+    for ((poller, p), state) in exporter
+        .pollers
+        .into_iter()
+        .zip(&config.projects)
+        .zip(&exporter.projects)
+    {
         tracing::info!(interval = %humantime::format_duration(p.poll_interval), budget = p.rate_limit, "polling {}", poller::describe(p));
-        tasks.spawn(poller.run(cancel.clone()));
+        supervisor.spawn_poller(state.clone(), poller.run(cancel.clone()));
     }
-    tasks.spawn(http::server::serve(
-        listener,
-        exporter.router,
-        config.web.tls.clone(),
-        config.web_limits,
-        cancel.clone(),
-    ));
+    supervisor.spawn(
+        "http",
+        http::server::serve(
+            listener,
+            exporter.router,
+            config.web.tls.clone(),
+            config.web_limits,
+            cancel.clone(),
+        ),
+    );
     tracing::info!(web = %config.web.describe(), max_connections = config.web_limits.max_connections, "HTTP server configured");
     tracing::info!(address = %addr, path = %config.telemetry_path, "serving metrics");
     Ok(Running {
         addr,
         projects: exporter.projects,
-        cancel,
-        tasks,
+        tasks: exporter.tasks,
+        supervisor,
     })
 }
 

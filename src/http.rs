@@ -4,8 +4,8 @@
 //! |---|---|
 //! | `/metrics` (`--web.telemetry-path`) | the metrics, classic text or OpenMetrics by `Accept` |
 //! | `/` | landing page: name, version, links, each project's state |
-//! | `/-/healthy` | 200 while the process serves |
-//! | `/-/ready` | 200 once every project completed its first poll, else 503 |
+//! | `/-/healthy` | 200 while every supervised task runs; 503 naming the ones that panicked or ended (see [`crate::supervisor`]) |
+//! | `/-/ready` | 200 once every project completed its first poll and no supervised task failed, else 503 |
 //!
 //! Only GET and HEAD are answered (405 otherwise). A scrape never calls Kapso.
 //! With `--web.config.file`, [`auth`] puts the rate limit, response headers and basic
@@ -30,25 +30,33 @@ use prometheus_client::registry::Registry;
 use crate::config::VERSION;
 use crate::metrics;
 use crate::state::{self, SharedProject};
+use crate::supervisor::Tasks;
 
 #[derive(Clone)]
 struct AppState {
     registry: Arc<Registry>,
     projects: Arc<Vec<SharedProject>>,
+    tasks: Tasks,
     telemetry_path: Arc<str>,
 }
 
-/// The router of every endpoint.
-pub fn router(registry: Registry, projects: Vec<SharedProject>, telemetry_path: &str) -> Router {
+/// The router of every endpoint; `tasks` are the supervised tasks the health endpoints report.
+pub fn router(
+    registry: Registry,
+    projects: Vec<SharedProject>,
+    tasks: Tasks,
+    telemetry_path: &str,
+) -> Router {
     let state = AppState {
         registry: Arc::new(registry),
         projects: Arc::new(projects),
+        tasks,
         telemetry_path: Arc::from(telemetry_path),
     };
     Router::new()
         .route(telemetry_path, get(metrics_handler))
         .route("/", get(landing))
-        .route("/-/healthy", get(|| async { "Healthy\n" }))
+        .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .with_state(state)
 }
@@ -142,7 +150,27 @@ async fn metrics_handler(State(app): State<AppState>, headers: HeaderMap) -> Res
     response
 }
 
+/// 503 once a supervised task failed, so that an orchestrator restarts the exporter.
+async fn healthy(State(app): State<AppState>) -> Response {
+    match app.tasks.describe_failures() {
+        None => (StatusCode::OK, "Healthy\n").into_response(),
+        Some(failures) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Unhealthy: {failures}\n"),
+        )
+            .into_response(),
+    }
+}
+
 async fn ready(State(app): State<AppState>) -> Response {
+    // A failed poller leaves its project unpolled: never report ready then.
+    if let Some(failures) = app.tasks.describe_failures() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("Not ready: {failures}\n"),
+        )
+            .into_response();
+    }
     let waiting: Vec<String> = app
         .projects
         .iter()

@@ -2,7 +2,7 @@
 //!
 //! Data flows one way: [`config`] -> [`app`] (wiring) -> [`poller`] -> [`kapso`] (HTTP client)
 //! -> Kapso API or [`simulator`]; the poller writes snapshots into [`state`], which
-//! [`metrics`] encodes at scrape time for [`http`].
+//! [`metrics`] encodes at scrape time for [`http`]. [`supervisor`] watches the background tasks.
 
 pub mod app;
 pub mod clock;
@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod poller;
 pub mod simulator;
 pub mod state;
+pub mod supervisor;
 pub mod web_config;

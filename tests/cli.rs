@@ -204,6 +204,9 @@ fn demo_serves_every_metric_and_stops_on_sigterm() {
         "kapso_api_requests_total{",
         "kapso_api_rate_limit_remaining{",
         "kapso_exporter_build_info{",
+        "kapso_exporter_task_up{task=\"simulator\"} 1",
+        "kapso_exporter_task_up{task=\"poller/default\"} 1",
+        "kapso_exporter_task_up{task=\"http\"} 1",
     ];
     let mut body = String::new();
     while Instant::now() < deadline {
@@ -226,6 +229,10 @@ fn demo_serves_every_metric_and_stops_on_sigterm() {
     assert_eq!(
         ureq_get(&format!("http://{addr}/-/ready")).unwrap(),
         "Ready\n"
+    );
+    assert_eq!(
+        ureq_get(&format!("http://{addr}/-/healthy")).unwrap(),
+        "Healthy\n"
     );
 
     demo.stop_with("TERM");
