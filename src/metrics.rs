@@ -102,6 +102,7 @@ struct View {
     errors: Vec<(&'static str, u64)>,
     requests: Vec<((&'static str, String), u64)>,
     remaining: Option<u64>,
+    paused_for: Option<f64>,
 }
 
 impl View {
@@ -125,6 +126,7 @@ impl View {
                 .collect(),
             requests: p.api.requests().into_iter().collect(),
             remaining: p.api.rate_limit_remaining(),
+            paused_for: p.api.paused_for().map(|d| d.as_secs_f64()),
         }
     }
 }
@@ -451,6 +453,7 @@ impl Collector for KapsoCollector {
 
 impl KapsoCollector {
     fn encode_health(&self, enc: &mut DescriptorEncoder, views: &[View]) -> std::fmt::Result {
+        let now_secs = self.clock.now().unix_timestamp_nanos() as f64 / 1e9;
         let per_project =
             |f: &dyn Fn(&View) -> Option<f64>| -> Vec<(Vec<(&'static str, String)>, f64)> {
                 views
@@ -458,7 +461,7 @@ impl KapsoCollector {
                     .filter_map(|v| f(v).map(|x| (vec![("project", v.name.clone())], x)))
                     .collect()
             };
-        let gauges: [(&str, &str, Series); 10] = [
+        let gauges: [(&str, &str, Series); 11] = [
             (
                 "kapso_up",
                 "1 when the last poll read the workflow list and no request failed for a reason that concerns the whole API key, else 0.",
@@ -503,6 +506,11 @@ impl KapsoCollector {
                 "kapso_conversations_live",
                 "Conversations with a live execution, before the --metrics.max-conversations cap.",
                 per_project(&|v| Some(v.snapshot.conversations_total as f64)),
+            ),
+            (
+                "kapso_api_paused_until_timestamp_seconds",
+                "Unix time until which requests of the key wait (a 429's Retry-After, capped at 15 minutes, or X-RateLimit-Remaining: 0); 0 when they do not.",
+                per_project(&|v| Some(v.paused_for.map_or(0.0, |d| now_secs + d))),
             ),
             (
                 "kapso_conversations_failed",
