@@ -279,6 +279,37 @@ fn effect(prev: Option<&Exec>, status: ExecutionStatus, countable: bool) -> Effe
     }
 }
 
+/// What becomes of the remembered ids no answer of this poll showed: a live one is pending, one
+/// Kapso answered 404 for is dropped (counted in the returned number, never as a finish), and
+/// a finished one without a start is kept only if `keep_seen_without_start`.
+fn unseen_to_pending(
+    execs: &mut HashMap<String, Exec>,
+    observed: &Observed<'_>,
+    gone: &[String],
+    keep_seen_without_start: bool,
+) -> u64 {
+    let gone: HashSet<&str> = gone.iter().map(String::as_str).collect();
+    let mut lost = 0;
+    execs.retain(|id, exec| {
+        if observed.rows.contains_key(id.as_str()) {
+            return true;
+        }
+        match exec {
+            Exec::Live(_) | Exec::Pending(_) if gone.contains(id.as_str()) => {
+                lost += 1;
+                false
+            }
+            Exec::Live(e) => {
+                *exec = Exec::Pending(e.clone());
+                true
+            }
+            Exec::Pending(_) => true,
+            Exec::Seen(s) => keep_seen_without_start || s.is_some(),
+        }
+    });
+    lost
+}
+
 /// The memory of one project's poller.
 #[derive(Clone, Debug, Default)]
 pub struct Tracker {
@@ -485,26 +516,7 @@ impl Tracker {
             track.execs.insert((*id).to_owned(), next);
         }
         self.anomaly("implausible_timestamp", implausible);
-        // Ids not seen anywhere this poll.
-        let seen: HashSet<&str> = observed.rows.keys().copied().collect();
-        let gone: HashSet<&str> = f.gone.iter().map(String::as_str).collect();
-        let mut lost = 0;
-        track.execs.retain(|id, exec| {
-            if seen.contains(id.as_str()) {
-                return true;
-            }
-            match exec {
-                Exec::Live(_) | Exec::Pending(_) if gone.contains(id.as_str()) => {
-                    lost += 1;
-                    false
-                }
-                Exec::Live(e) => {
-                    *exec = Exec::Pending(e.clone());
-                    true
-                }
-                _ => true,
-            }
-        });
+        let lost = unseen_to_pending(&mut track.execs, &observed, &f.gone, true);
         self.anomaly("outcome_lost", lost);
         if let Some(w) = window {
             let from = newest
@@ -710,28 +722,9 @@ impl Tracker {
             track.execs.insert((*id).to_owned(), next);
         }
         self.anomaly("implausible_timestamp", implausible);
-        let seen: HashSet<&str> = observed.rows.keys().copied().collect();
-        let gone: HashSet<&str> = f.gone.iter().map(String::as_str).collect();
-        let mut lost = 0;
-        track.execs.retain(|id, exec| {
-            if seen.contains(id.as_str()) {
-                return true;
-            }
-            match exec {
-                Exec::Live(_) | Exec::Pending(_) if gone.contains(id.as_str()) => {
-                    lost += 1;
-                    false
-                }
-                Exec::Live(e) => {
-                    *exec = Exec::Pending(e.clone());
-                    true
-                }
-                // A finished id with a start stays until the window passes it (a page skipped
-                // by coarse cursors may show it again); without one it is never counted anyway.
-                Exec::Seen(s) => s.is_some(),
-                Exec::Pending(_) => true,
-            }
-        });
+        // A finished id with a start stays until the window passes it (a page skipped by
+        // coarse cursors may show it again); without one it is never counted anyway.
+        let lost = unseen_to_pending(&mut track.execs, &observed, &f.gone, false);
         self.anomaly("outcome_lost", lost);
         let from = newest
             .map(|n| n.saturating_sub(MARGIN))
