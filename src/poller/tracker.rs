@@ -870,7 +870,8 @@ impl Tracker {
             .map(|(id, n)| (id.clone(), *n))
             .collect();
         for (id, track) in &self.workflows {
-            if track.last_success.is_some() || !track.up {
+            // Conversation mode keeps workflows for their names only: no health of their own.
+            if track.last_success.is_some() {
                 snap.workflow_health.insert(
                     id.clone(),
                     WorkflowHealth {
