@@ -171,32 +171,10 @@ impl Poller {
         let tracker = &self.tracker;
         let client = &self.client;
         let mut outcome = Outcome::default();
-        let mut fetches: Vec<(String, Result<WorkflowFetch, FetchError>)> = Vec::new();
-        let mut first_scoped = None;
-        {
-            let mut stream = futures::stream::iter(workflows.clone())
-                .map(|wf| fetch_workflow(client, tracker, wf, now))
-                .buffer_unordered(CONCURRENCY);
-            while let Some((id, fetched)) = stream.next().await {
-                match fetched {
-                    Ok(f) => fetches.push((id, Ok(f))),
-                    // Dropping the stream cancels what is still in flight.
-                    Err(e) if e.is_key_wide() => {
-                        outcome.error = Some(e);
-                        break;
-                    }
-                    Err(e) => {
-                        outcome.scoped_errors.push(format!("workflow {id}: {e}"));
-                        fetches.push((id, Err((e.kind(), e.to_string()))));
-                        first_scoped.get_or_insert(e);
-                    }
-                }
-            }
-        }
-        // When every one failed, nothing updates: the poll as a whole failed.
-        if outcome.error.is_none() && fetches.iter().all(|(_, f)| f.is_err()) {
-            outcome.error = first_scoped;
-        }
+        let parts = futures::stream::iter(workflows.clone())
+            .map(|wf| fetch_workflow(client, tracker, wf, now))
+            .buffer_unordered(CONCURRENCY);
+        let fetches = gather(parts, "workflow", &mut outcome).await;
         self.tracker.commit_project(&workflows, fetches, now);
         outcome.committed = true;
         outcome
@@ -225,37 +203,46 @@ impl Poller {
         let tracker = &self.tracker;
         let client = &self.client;
         let mut outcome = Outcome::default();
-        let mut fetches: Vec<(String, Result<ConversationFetch, FetchError>)> = Vec::new();
-        let mut first_scoped = None;
-        {
-            let mut stream = futures::stream::iter(watched.clone())
-                .map(|id| fetch_conversation(client, tracker, id))
-                .buffer_unordered(CONCURRENCY);
-            while let Some((id, fetched)) = stream.next().await {
-                match fetched {
-                    Ok(f) => fetches.push((id, Ok(f))),
-                    Err(e) if e.is_key_wide() => {
-                        outcome.error = Some(e);
-                        break;
-                    }
-                    Err(e) => {
-                        outcome
-                            .scoped_errors
-                            .push(format!("conversation {id}: {e}"));
-                        fetches.push((id, Err((e.kind(), e.to_string()))));
-                        first_scoped.get_or_insert(e);
-                    }
-                }
-            }
-        }
-        // When every one failed, nothing updates: the poll as a whole failed.
-        if outcome.error.is_none() && fetches.iter().all(|(_, f)| f.is_err()) {
-            outcome.error = first_scoped;
-        }
+        let parts = futures::stream::iter(watched.clone())
+            .map(|id| fetch_conversation(client, tracker, id))
+            .buffer_unordered(CONCURRENCY);
+        let fetches = gather(parts, "conversation", &mut outcome).await;
         self.tracker.commit_conversations(&watched, fetches, now);
         outcome.committed = true;
         outcome
     }
+}
+
+/// Collects what one poll read of its parts (workflows, or conversations: `what`). A part that
+/// fails on its own is recorded and the others go on; an error of the whole key or API stops
+/// the poll, and dropping the stream cancels what is still in flight. When every part failed,
+/// the poll as a whole failed.
+async fn gather<T>(
+    parts: impl futures::Stream<Item = (String, Result<T, ApiError>)>,
+    what: &str,
+    outcome: &mut Outcome,
+) -> Vec<(String, Result<T, FetchError>)> {
+    let mut parts = std::pin::pin!(parts);
+    let mut fetches = Vec::new();
+    let mut first_scoped = None;
+    while let Some((id, fetched)) = parts.next().await {
+        match fetched {
+            Ok(f) => fetches.push((id, Ok(f))),
+            Err(e) if e.is_key_wide() => {
+                outcome.error = Some(e);
+                return fetches;
+            }
+            Err(e) => {
+                outcome.scoped_errors.push(format!("{what} {id}: {e}"));
+                fetches.push((id, Err((e.kind(), e.to_string()))));
+                first_scoped.get_or_insert(e);
+            }
+        }
+    }
+    if fetches.iter().all(|(_, f)| f.is_err()) {
+        outcome.error = first_scoped;
+    }
+    fetches
 }
 
 /// Reads what one workflow needs for the tracker to commit it: the live lists, then the extra
@@ -290,14 +277,7 @@ async fn read_workflow(
     .await?;
     // The poll holds every live row until it commits (200,000 at scale L): keep only what the
     // tracker reads. The embedded workflow summary is the workflow listed here.
-    let live: Vec<Execution> = live_lists
-        .into_iter()
-        .flatten()
-        .map(|mut row| {
-            row.workflow = None;
-            row
-        })
-        .collect();
+    let live = strip(live_lists.into_iter().flatten().collect());
     let plan = tracker.plan(&workflow, &live, now);
     let window = match &plan.window {
         Some(w) => {

@@ -106,6 +106,7 @@ pub struct Plan {
     pub by_id: Vec<String>,
 }
 
+#[cfg(test)]
 impl Plan {
     /// Requests the plan makes at least (one per listing and id).
     pub fn min_requests(&self) -> usize {

@@ -370,7 +370,7 @@ impl Tracker {
     }
 
     /// What the planner needs of the project to plan `wf_id` at `now`.
-    pub fn context(&self, wf_id: &str, now: OffsetDateTime) -> Context {
+    fn context(&self, wf_id: &str, now: OffsetDateTime) -> Context {
         Context {
             baseline: self.baseline,
             now: micros(now),
