@@ -3,76 +3,96 @@
 //! random API variance.
 //!
 //! Each case draws, from one seed: a world (1-4 workflows made with `Simulator::empty` and
-//! `add_workflow`, a few conversations, a history before the exporter starts), an API
-//! [`Variance`] (precision of every timestamp field and of the cursors, a UTC offset,
-//! `execution_count` and `last_executed_at` present, null or absent, lagging or shrinking
-//! counts, a workflow listed twice, overlapping pages, stale live lists), and which scripted
-//! behaviours it uses (executions to `paused` and back, deletion of finished and of live
-//! executions, rows with a missing or absurd `started_at`, workflows left out of listings or
-//! listings answered empty, executions lists answering 404 or 422, workflows created with or
-//! without `created_at` and deleted, more than 100 rows in a list). Then, poll after poll,
-//! random transitions (start in each live status or finished, wait, hand off, resume, end,
-//! fail, pause, resume from pause, delete) with the clock moving in sub-second and
-//! multi-second steps, and a poll at a random time.
+//! `add_workflow`, 2-6 conversations, a history before the exporter starts, in a fifth of the
+//! cases more than 100 waiting executions in one workflow so its list pages), an API
+//! [`Variance`] (the precision of each timestamp field and of the cursors, a UTC offset,
+//! `execution_count` and `last_executed_at` present, null or absent, lagging counts, a
+//! shrinking count, a workflow listed twice, overlapping pages, stale live lists, no
+//! `created_at`), and which scripted behaviours it uses: executions to `paused` (outside the
+//! spec's enum) and back or to an end, deletion of finished executions (a retention job) and
+//! of live ones, rows whose `started_at` is missing, null, or in the year 9999 or 1970
+//! (`set_start_override`, so the model knows which), workflows left out of up to 5 listings
+//! (`hide_workflow`) or an empty listing (`empty_workflow_lists`), a workflow's executions
+//! answering 404 or 422 for a poll (`fail_workflow_executions`), workflows created later, with
+//! or without `created_at` or long ago (`add_workflow_at`, `omit_created_at`), and deleted.
+//! A workflow left out of listings stays out for 1 to 5 (the grace period), one time in five
+//! for 6 to 8.
+//! Then, poll after poll, random transitions (start in each live status or finished, wait,
+//! hand off, resume, end, fail, pause, come back, delete, and bursts of each) with the clock
+//! moving in sub-second and multi-second steps, and the poll at a random time.
 //!
-//! The model keeps its own copy of the world and its truth (checked against
-//! `Simulator::ground_truth` after every poll), and what a poller could have seen of each
-//! execution. Checked:
+//! The model keeps its own copy of the world and of the truth (equal to
+//! `Simulator::ground_truth` after every poll), and, per execution, what a poll could have
+//! seen: `seen` when a poll surely showed it to the exporter (a live list, a conversation's
+//! listing, or a window listing the planner runs by its rule, see [`Model::windowed`]), and
+//! `settled` when a poll surely read its outcome (it was live at the workflow's previous poll,
+//! and every execution that leaves the live lists is looked up; or it was in such a listing).
+//! Checked, from `/metrics`:
 //! - after every poll: no counter (`kapso_workflow_executions_started_total`,
 //!   `..._finished_total{status}`, `kapso_workflow_execution_handoffs_total`) exceeds the truth
-//!   or goes back; a workflow that committed shows `kapso_workflow_up 1` and live gauges equal
-//!   to the truth; one left out or failing shows 0 and its last state; each failing poll of a
-//!   workflow is one `kapso_workflow_poll_errors_total{kind="client_error"}`; the poll fails
-//!   only when every listed workflow failed;
-//! - after a rest (no transitions, clock past every lag, every workflow listed, enough polls
-//!   for pending executions to be read by id): started, ended and failed are exact, the live
-//!   gauges too, and the hand-offs where no hand-off can have been invisible, except where
-//!   the API cannot show it (the exclusions below).
+//!   or goes back, and started, ended and failed are at least what polls surely saw; a
+//!   workflow that committed shows `kapso_workflow_up 1` and live gauges equal to the truth,
+//!   one left out of the listing or failing shows 0; each failing poll of a workflow is one
+//!   `kapso_workflow_poll_errors_total{kind="client_error"}`; the poll fails (and `kapso_up`
+//!   is 0) only when every listed workflow failed;
+//! - after a rest (no transitions, the clock past every lag, every workflow listed, enough
+//!   polls for every pending execution to be read by id): started, ended and failed equal the
+//!   truth, the live gauges too, hand-offs where none can have been invisible, and
+//!   `kapso_workflow_executions_outcome_unknown` is at most the executions still paused;
+//!   except where the API cannot show it (below).
 //!
 //! # Exclusions from exactness
 //!
-//! Each is the narrowest the model can state; an excluded execution's start or finish may be
-//! counted or not (the counter must lie between the truth without it and the truth):
-//! - **Deleted before it was read** (`uncertain`): a finished execution deleted before a poll
-//!   surely read its outcome, or any execution deleted before a poll surely saw it. A poll
-//!   surely reads the outcome of an execution that was live at the workflow's previous poll
-//!   (every execution that leaves the live lists is looked up), and surely lists every
-//!   execution the exporter does not know yet when its window listing surely runs: on the
-//!   workflow's first poll, without `execution_count`, or when the count's growth is more than
-//!   the new live executions the count already shows ([`Model::surely_windowed`]). Otherwise a
-//!   lagging count can make new live rows look like the whole growth (the planner then skips
-//!   the window until the counts move again), and a deletion in that time loses the outcome.
-//! - **Shrinking count**: with `shrinking_count`, a deletion can offset a start in
-//!   `execution_count`; an execution that started and left the live lists in such an interval
-//!   is listed only if a later poll's counts move, which at rest they do not. So an execution
-//!   no poll surely saw is uncertain.
+//! Each is as narrow as the model can state it. An *uncertain* execution's start or finish may
+//! be counted or not: the counter must lie between the truth without it and the truth.
+//! - **Deleted before a poll read it**: a finished execution deleted before a poll surely read
+//!   its outcome, or any execution deleted before a poll surely saw it (its outcome, or its
+//!   start, is in no answer any more). The planner skips the window listing when the counts
+//!   say nothing started, or when the new live ids are exactly the growth of
+//!   `execution_count`; a lagging count (new live rows counted later than a finished one) or a
+//!   shrinking one (a deletion offsetting a start) can make that wrong for a poll, and the
+//!   window lists what it missed at the next poll whose counts move, unless it was deleted
+//!   first.
+//! - **Shrinking count, never listed**: with `shrinking_count`, an execution that started and
+//!   left the live lists while a deletion offset its start in `execution_count` (so no poll
+//!   surely listed it) is listed only if a later poll's counts move, which at rest they do not:
+//!   uncertain. A lagging count catches up at rest, so it has no such exclusion.
 //! - **Bad start in a late workflow's first window**: a workflow first listed after the
 //!   exporter's first poll without a believable `created_at` after it counts the rows of its
 //!   first window that started after that poll; a row whose `started_at` is missing or absurd
 //!   cannot be placed, so its start and finish are uncertain.
-//! - **Bad start in conversation mode**: the listing of a conversation is the only source, and
-//!   a new id whose `started_at` cannot be believed cannot be told from an old one.
+//! - **Bad start in conversation mode**: a conversation's listing is the only source, and a new
+//!   id whose `started_at` cannot be believed cannot be told from an old one (uncertain).
 //! - **Coarse cursors past a page**: a cursor in whole seconds or milliseconds skips, paging
 //!   forward, the rows that share the last row's second (or millisecond) but are older than it.
-//!   A workflow that ever had more than 100 executions (so a list may page) under such a
-//!   cursor is checked for `<=` and monotony only, its gauges too.
-//! - **Deleted workflows**: gone from every listing; what happened after their last poll
-//!   cannot be read. `<=` and monotony only.
-//! - **Hand-offs** are exact only in workflows where no execution entered `handoff` and left
-//!   it (or was deleted) between two polls of its workflow (or conversation), none went
-//!   `handoff` -> `paused` -> `handoff`, and no execution is uncertain.
+//!   A workflow that had more than 100 executions at a poll (so a list may page) under such a
+//!   cursor is checked for `<=` and monotony only, its gauges not at all.
+//! - **Deleted workflows**: gone from every listing, so what happened after their last poll
+//!   cannot be read: `<=` and monotony only.
+//! - **Forgotten workflows**: one missing from more than 5 listings in a row (past the grace
+//!   period) loses its series (checked) and the exporter forgets its executions; back, it
+//!   counts only what started after it was forgotten. `<=` and monotony (its counters
+//!   continue where they were), and exact gauges.
+//! - **Hand-offs** are exact only in workflows where Kapso's entries into `handoff` between
+//!   two polls of an execution's workflow (or conversation) are exactly the one the exporter
+//!   can see (in `handoff` now and not at the previous poll): none entered and left, or left
+//!   and re-entered, none was deleted after entering, none went `handoff` -> `paused` ->
+//!   `handoff` (the exporter sees that entry only if it read the execution while paused), and
+//!   no execution of the workflow is uncertain.
 //!
 //! The generator keeps to what the exporter promises (README, *Failures* and *Counting*): the
 //! first poll sees every workflow and no execution in an unknown status (it learns what
-//! exists); a workflow is missing from at most 3 listings in a row (the grace is 5); workflows
-//! are added from 2 s after the first poll (a later workflow without `created_at` counts
-//! what started more than the 1 s precision slack after that poll) and never with a
-//! `created_at` in the future; a conversation never holds more than 100 executions.
+//! exists, and an execution it never saw live is not its to count); workflows are added from
+//! 2 s after the first poll (a later workflow without `created_at` counts what started more
+//! than the 1 s precision slack after that poll) and never with a `created_at` in the
+//! future; a conversation never holds more than 100 executions (its listing does not page).
 //!
-//! `PROPTEST_CASES` sets the number of cases of the project-mode property (default 24); the
-//! conversation-mode property runs a third of them (at least 1). The seed is fixed
-//! (`RngSeed::Fixed`), no failure file is written, and a failure prints the case's seed, its
-//! setup and the log of every transition and poll.
+//! `PROPTEST_CASES` sets the number of cases of the project-mode property (default 32, about
+//! 10 s in debug); the conversation-mode property runs a third of them (at least 1). The seed
+//! is fixed (`RngSeed::Fixed`), no failure file is written, shrinking only shortens the
+//! number of polls, and a failure prints the case's seed, its setup, every uncertain
+//! execution and the log of every transition and poll. Each property prints a summary of what
+//! it checked (run with `--nocapture`) and fails if most workflows were not checked exactly.
 #![allow(clippy::unwrap_used)]
 
 mod counting_support;
@@ -100,6 +120,8 @@ const SECOND: i64 = 1_000_000;
 const PAGE: usize = 100;
 /// Pending executions the exporter reads by id per workflow and poll.
 const PENDING_PER_POLL: usize = 10;
+/// Listings a workflow may be missing from before the exporter forgets it.
+const GRACE: u32 = 5;
 
 /// Which part of the exporter is under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -277,6 +299,8 @@ struct Wf {
     /// Listings it will still be left out of.
     hidden: u32,
     missing_streak: u32,
+    /// Missing from more listings in a row than the grace period: the exporter forgot it.
+    forgotten: bool,
     /// The status its executions lists answer at the next poll.
     failing: Option<u16>,
     failed_polls: u32,
@@ -319,6 +343,8 @@ struct Stats {
     windows_by_last_executed_at: u64,
     uncertain_executions: u64,
     deletions: u64,
+    /// Workflows forgotten after the grace period and back at rest.
+    forgotten: u64,
 }
 
 impl Stats {
@@ -338,6 +364,7 @@ impl Stats {
         self.windows_by_last_executed_at += o.windows_by_last_executed_at;
         self.uncertain_executions += o.uncertain_executions;
         self.deletions += o.deletions;
+        self.forgotten += o.forgotten;
     }
 }
 
@@ -458,7 +485,11 @@ impl Model {
     /// A clock step between two transitions: sub-second, a few seconds, or longer.
     fn step_dt(&mut self) -> i64 {
         match self.rng.random_range(0..100) {
-            0..50 => self.rng.random_range(0..SECOND),
+            // The same instant, or onto the next whole second (timestamps then lose nothing
+            // to truncation, and share their second with what follows).
+            0..5 => 0,
+            5..10 => SECOND - self.now().rem_euclid(SECOND),
+            10..50 => self.rng.random_range(1..SECOND),
             50..90 => self.rng.random_range(SECOND..10 * SECOND),
             _ => self.rng.random_range(10 * SECOND..90 * SECOND),
         }
@@ -497,6 +528,7 @@ impl Model {
             deleted: false,
             hidden: 0,
             missing_streak: 0,
+            forgotten: false,
             failing: None,
             failed_polls: 0,
             last_commit: None,
@@ -793,7 +825,15 @@ impl Model {
                 let done: Vec<usize> = (0..self.execs.len())
                     .filter(|&x| self.execs[x].exists() && self.execs[x].status.is_terminal())
                     .collect();
-                // A retention job deletes the oldest first, now and then any.
+                // A retention job deletes the oldest first, now and then any; sometimes just as
+                // one more finishes (a shrinking count then does not move).
+                if self.rng.random_bool(0.3) {
+                    let wfs = self.startable_wfs();
+                    if let Some(wf) = self.pick(&wfs) {
+                        let status = [Ended, Failed][self.rng.random_range(0..2)];
+                        self.start(wf, status);
+                    }
+                }
                 let x = if self.rng.random_bool(0.6) {
                     done.first().copied()
                 } else {
@@ -904,8 +944,12 @@ impl Model {
                     .filter(|&w| self.wfs[w].hidden == 0 && self.wfs[w].missing_streak == 0)
                     .collect();
                 if let Some(wf) = self.pick(&calm) {
-                    // Up to the whole grace period of 5 listings.
-                    let n = self.rng.random_range(1..=5);
+                    // Up to the whole grace period of 5 listings, now and then past it.
+                    let n = if self.rng.random_bool(0.2) {
+                        self.rng.random_range(GRACE + 1..=GRACE + 3)
+                    } else {
+                        self.rng.random_range(1..=GRACE)
+                    };
                     self.wfs[wf].hidden = n;
                     let id = self.wfs[wf].id.clone();
                     self.sim().hide_workflow(&id, n);
@@ -1078,17 +1122,13 @@ impl Model {
         // The model's view of what the poll saw.
         if project {
             for w in 0..self.wfs.len() {
-                if self.wfs[w].deleted {
-                    continue;
-                }
                 if listed.contains(&w) {
                     self.wfs[w].missing_streak = 0;
                 } else {
                     self.wfs[w].missing_streak += 1;
-                    prop_assert!(
-                        self.wfs[w].missing_streak <= 5,
-                        "generator: missing too long"
-                    );
+                    if self.wfs[w].missing_streak > GRACE {
+                        self.wfs[w].forgotten = true;
+                    }
                 }
                 if listed.contains(&w) && self.wfs[w].failing.is_some() {
                     self.wfs[w].failed_polls += 1;
@@ -1102,11 +1142,11 @@ impl Model {
                     Some(false) => 1,
                     None => 2,
                 }] += 1;
-                let (count, last) = self.signals(w, now);
-                if windowed && self.wfs[w].signals.0 == count && self.wfs[w].signals.1 != last {
+                let signals = self.signals(w, now);
+                let prev = self.wfs[w].signals;
+                if windowed && prev.0 == signals.0 && prev.1 != signals.1 {
                     self.stats.windows_by_last_executed_at += 1;
                 }
-                let signals = self.signals(w, now);
                 if self.wfs[w].last_commit.is_none() && self.wfs[w].late && !self.wfs[w].all {
                     // First window of a late workflow without a believable creation time: rows
                     // without a believable start cannot be placed.
@@ -1139,13 +1179,20 @@ impl Model {
             // Every conversation's listing holds all its executions, every status.
             self.committed(|e| e.conv.is_some(), true, true);
         }
-        self.check(&committed).await
+        self.check(&committed, !all_failed).await
     }
 
-    /// Whether a workflow's counts and gauges can be exact (see the module doc).
+    /// Whether a workflow's counters can be exact: its gauges can, and it was never forgotten
+    /// (see the module doc).
+    fn exact_counts(&self, w: usize) -> bool {
+        self.exact_wf(w) && !self.wfs[w].forgotten
+    }
+
+    /// Whether a workflow's gauges can be exact (see the module doc).
     fn exact_wf(&self, w: usize) -> bool {
         let wf = &self.wfs[w];
-        !(wf.deleted || (self.setup.coarse_cursor() && wf.max_existing > PAGE))
+        let may_skip = self.setup.coarse_cursor() && wf.max_existing > PAGE;
+        !wf.deleted && !may_skip
     }
 
     fn truth_live(&self, w: usize) -> [u64; 3] {
@@ -1157,9 +1204,32 @@ impl Model {
         })
     }
 
+    /// The starts and finishes of `w` that polls surely saw, so the counters show at least
+    /// these.
+    fn surely_counted(&self, w: usize) -> Counts {
+        let mut c = Counts::default();
+        for e in self.execs.iter().filter(|e| e.wf == w) {
+            if e.counted_start && e.seen && !e.uncertain_start {
+                c.started += 1;
+            }
+            if e.counted_finish && e.settled && !e.uncertain_finish {
+                match e.status {
+                    Ended => c.ended += 1,
+                    _ => c.failed += 1,
+                }
+            }
+        }
+        c
+    }
+
     /// After every poll.
-    async fn check(&mut self, committed: &[usize]) -> Result<(), TestCaseError> {
+    async fn check(&mut self, committed: &[usize], ok: bool) -> Result<(), TestCaseError> {
         let s: Samples = parse(&self.h.scrape().await);
+        let kapso_up = s
+            .iter()
+            .find(|((n, _), _)| n == "kapso_up")
+            .map(|(_, v)| *v);
+        prop_assert_eq!(kapso_up, Some(f64::from(u8::from(ok))), "kapso_up");
         let truth = self.sim().ground_truth();
         let poll = self.polls;
         for w in 0..self.wfs.len() {
@@ -1174,6 +1244,16 @@ impl Model {
                     "model live of workflow {}",
                     w
                 );
+            }
+            if self.mode == Mode::Project && wf.missing_streak > GRACE {
+                prop_assert!(
+                    counts(&s, &wf.id).is_none() && up(&s, &wf.id).is_none(),
+                    "poll {}: workflow {} missing from {} listings still has series",
+                    poll,
+                    w,
+                    wf.missing_streak
+                );
+                continue;
             }
             let Some(got) = counts(&s, &wf.id) else {
                 continue;
@@ -1211,6 +1291,21 @@ impl Model {
                     w
                 );
             }
+            if self.exact_counts(w) {
+                // What a poll surely saw is counted by now.
+                let low = self.surely_counted(w);
+                prop_assert!(
+                    low.started <= got.started
+                        && low.ended <= got.ended
+                        && low.failed <= got.failed,
+                    "poll {}: workflow {} counted {:?}, but polls surely saw {:?}",
+                    poll,
+                    w,
+                    got,
+                    low
+                );
+            }
+            let wf = &self.wfs[w];
             let fresh = match self.mode {
                 Mode::Project => committed.contains(&w),
                 Mode::Conversations => !wf.deleted,
@@ -1292,6 +1387,18 @@ impl Model {
                 continue;
             }
             let wf = &self.wfs[w];
+            if wf.forgotten {
+                // Forgotten and back: its counters continue, its gauges are the truth.
+                self.stats.unchecked += 1;
+                self.stats.forgotten += 1;
+                prop_assert_eq!(
+                    live3(&s, &wf.id).unwrap_or_default(),
+                    self.truth_live(w),
+                    "at rest: live gauges of workflow {} (forgotten and back)",
+                    w
+                );
+                continue;
+            }
             let got = counts(&s, &wf.id).unwrap_or_default();
             let mut lower = wf.truth;
             let shrinking = self.setup.variance.shrinking_count && self.setup.count_present();
@@ -1414,7 +1521,7 @@ fn cases(divisor: u32) -> u32 {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
         .and_then(|c| c.parse().ok())
-        .unwrap_or(24u32);
+        .unwrap_or(32u32);
     (cases / divisor).max(1)
 }
 
