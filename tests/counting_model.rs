@@ -63,10 +63,13 @@
 //!   cannot be placed, so its start and finish are uncertain.
 //! - **Bad start in conversation mode**: a conversation's listing is the only source, and a new
 //!   id whose `started_at` cannot be believed cannot be told from an old one (uncertain).
-//! - **Coarse cursors past a page**: a cursor in whole seconds or milliseconds skips, paging
-//!   forward, the rows that share the last row's second (or millisecond) but are older than it.
-//!   A workflow that had more than 100 executions at a poll (so a list may page) under such a
-//!   cursor is checked for `<=` and monotony only, its gauges not at all.
+//! - **Coarse cursors and starts past a page**: a cursor in whole seconds or milliseconds
+//!   skips, paging forward, the rows that share the last row's second (or millisecond) but
+//!   are older than it. The exporter pages by `created_before` the last row's start instead,
+//!   which lists every row, unless the rows' `started_at` is as coarse: then a slice ends
+//!   with a whole second and cannot list more rows of one second than a page holds. A
+//!   workflow that had more than 100 executions at a poll (so a list may page) under such
+//!   cursors and starts is checked for `<=` and monotony only, its gauges not at all.
 //! - **Deleted workflows**: gone from every listing, so what happened after their last poll
 //!   cannot be read: `<=` and monotony only.
 //! - **Forgotten workflows**: one missing from more than 5 listings in a row (past the grace
@@ -234,8 +237,12 @@ impl Setup {
         self.variance.execution_count == Presence::Present
     }
 
-    fn coarse_cursor(&self) -> bool {
-        self.variance.precision.cursor != Precision::Micros
+    /// Cursors and row starts both coarser than microseconds: the exporter's `created_before`
+    /// slices then end with a whole second (or millisecond), which cannot list more rows of
+    /// one second than a page holds.
+    fn coarse_cursor_and_start(&self) -> bool {
+        let p = self.variance.precision;
+        p.cursor != Precision::Micros && p.started_at != Precision::Micros
     }
 
     fn lag_us(d: Duration) -> i64 {
@@ -1191,7 +1198,7 @@ impl Model {
     /// Whether a workflow's gauges can be exact (see the module doc).
     fn exact_wf(&self, w: usize) -> bool {
         let wf = &self.wfs[w];
-        let may_skip = self.setup.coarse_cursor() && wf.max_existing > PAGE;
+        let may_skip = self.setup.coarse_cursor_and_start() && wf.max_existing > PAGE;
         !wf.deleted && !may_skip
     }
 

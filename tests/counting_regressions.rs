@@ -114,6 +114,74 @@ async fn baseline(h: &mut Harness) {
     h.poll().await;
 }
 
+// ----- coarse cursors -----------------------------------------------------------------------
+
+/// Only the cursors' timestamps in `p`; the server still compares them with full-precision
+/// keys, so following such a cursor skips the rest of the page's last second.
+fn coarse_cursor(p: Precision) -> Variance {
+    Variance {
+        precision: Precisions {
+            cursor: p,
+            ..Precisions::default()
+        },
+        ..Variance::default()
+    }
+}
+
+/// `n` executions in `status` started in the current second (the standing clock bumps each
+/// by 1 µs) followed by `m` in the next second.
+fn two_seconds(sim: &Simulator, clock: &Clock, wf: &str, n: usize, m: usize, status: ExecStatus) {
+    for _ in 0..n {
+        sim.start_execution(wf, None, status);
+    }
+    clock.advance(Duration::from_secs(1));
+    for _ in 0..m {
+        sim.start_execution(wf, None, status);
+    }
+}
+
+/// Lists longer than a page, with their page boundaries inside one second: the live list
+/// at the first poll and a window listing at the second both lose no row.
+async fn pages_inside_one_second(variance: Variance, per_second: usize) {
+    let (clock, sim) = world(variance);
+    let wf = sim.add_workflow("Support", "active");
+    two_seconds(&sim, &clock, &wf, per_second, per_second, Waiting);
+    let old = sim.start_execution(&wf, None, Running);
+    clock.advance(Duration::from_secs(3600) + ms(250));
+    let mut h = Harness::new(sim, clock.clone(), &[]).await;
+    baseline(&mut h).await;
+    assert_truth(&h, &[&wf], "the first poll").await;
+    let sim = h.sim.clone();
+
+    clock.advance(Duration::from_secs(30));
+    two_seconds(&sim, &clock, &wf, per_second, per_second, Ended);
+    sim.set_status(&old, Failed);
+    clock.advance(Duration::from_secs(30));
+    h.poll().await;
+    assert_truth(&h, &[&wf], "the second poll").await;
+    assert_eq!(
+        shown(&h, &wf).await.sef(),
+        (2 * per_second as u64, 2 * per_second as u64, 1)
+    );
+}
+
+#[tokio::test]
+async fn whole_second_cursors_skip_no_row_at_a_page_boundary() {
+    pages_inside_one_second(coarse_cursor(Precision::Seconds), 150).await;
+}
+
+#[tokio::test]
+async fn millisecond_cursors_skip_no_row_at_a_page_boundary() {
+    pages_inside_one_second(coarse_cursor(Precision::Millis), 150).await;
+}
+
+/// Rows as coarse as the cursors: slices of whole seconds list every row where a second
+/// holds fewer rows than a page.
+#[tokio::test]
+async fn everything_in_seconds_skips_no_row_at_a_page_boundary() {
+    pages_inside_one_second(all_in(Precision::Seconds), 70).await;
+}
+
 // ----- coarse last_executed_at -------------------------------------------------------------
 
 /// Five polls a fraction of a second apart, with starts in the same second as the previous

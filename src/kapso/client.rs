@@ -260,7 +260,8 @@ impl Client {
         )?;
         Ok(ExecutionPages {
             client: self,
-            pager: Pager::new(endpoint::WORKFLOW_EXECUTIONS, url, query, max_pages),
+            pager: Pager::new(endpoint::WORKFLOW_EXECUTIONS, url, query, max_pages)
+                .slicing_coarse_cursors(),
         })
     }
 
@@ -527,11 +528,21 @@ impl ExecutionPages<'_> {
 /// A row of a list, known by its id: the no-progress guard counts rows not returned before.
 trait Row {
     fn row_id(&self) -> &str;
+
+    /// The row's value of the list's keyset timestamp, where the row shows it.
+    fn keyset_time(&self) -> Option<OffsetDateTime> {
+        None
+    }
 }
 
 impl Row for Execution {
     fn row_id(&self) -> &str {
         &self.id
+    }
+
+    /// Execution lists are keyed on the start (`created_at`, which rows show as `started_at`).
+    fn keyset_time(&self) -> Option<OffsetDateTime> {
+        self.started_at
     }
 }
 
@@ -557,6 +568,53 @@ enum Stop {
     TooManyPages(usize),
 }
 
+/// When a cursor's timestamp lost digits, the `created_before` that replaces it: the start
+/// of the page's last row (`last`) where that row shows microseconds inside the cursor's
+/// unit, else the last instant of the unit.
+///
+/// Kapso's cursors are Base64 of `{"values":["<created_at>","<id>"],"columns":[...]}` with a
+/// microsecond timestamp (docs/kapso-api.md, paging). A server whose cursor carries whole
+/// seconds (or milliseconds) but compares it with the full-precision keys skips, after the
+/// cursor, every row of the page's last second that is older than the last row. The exporter
+/// never builds a cursor; it only reads this one's timestamp, and where it is written with
+/// fewer than six digits of fraction it asks for the rows `created_before` (inclusive) the
+/// last row's start instead, which repeats the rows of that instant and skips none. Where the
+/// rows are as coarse as the cursor, the slice ends with the cursor's second (or
+/// millisecond), repeating the rows of that unit already returned; more rows in one unit
+/// than a page holds cannot be listed whole that way (docs/reliability.md). `None` for a
+/// cursor that is not of that form (opaque, as the documents allow) or that keeps its
+/// microseconds.
+fn coarse_cursor_bound(cursor: &str, last: Option<OffsetDateTime>) -> Option<OffsetDateTime> {
+    use base64::Engine as _;
+    #[derive(serde::Deserialize)]
+    struct Raw {
+        values: Vec<serde_json::Value>,
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(cursor)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE.decode(cursor))
+        .ok()?;
+    let raw: Raw = serde_json::from_slice(&bytes).ok()?;
+    let ts = raw.values.first()?.as_str()?;
+    let t = OffsetDateTime::parse(ts, &time::format_description::well_known::Rfc3339).ok()?;
+    // The digits after the seconds, as written: "…:05Z" has none, "…:05.123Z" three.
+    let seconds_end = ts.find('T')? + 9;
+    let digits = ts
+        .get(seconds_end..)?
+        .strip_prefix('.')
+        .map_or(0, |f| f.bytes().take_while(u8::is_ascii_digit).count());
+    let unit_micros = 10i64.checked_pow(6u32.checked_sub(u32::try_from(digits).ok()?)?)?;
+    if unit_micros == 1 {
+        return None;
+    }
+    let end = t.checked_add(time::Duration::microseconds(unit_micros - 1))?;
+    let precise = |l: &OffsetDateTime| l.nanosecond() % 1_000_000 != 0;
+    Some(
+        last.filter(|l| precise(l) && t <= *l && *l <= end)
+            .unwrap_or(end),
+    )
+}
+
 /// Follows `paging.next` of one list, page by page, with the guards of [`ExecutionPages`].
 #[derive(Debug)]
 struct Pager<T> {
@@ -576,6 +634,13 @@ struct Pager<T> {
     ids: HashSet<u64>,
     hasher: RandomState,
     stop: Option<Stop>,
+    /// Whether a cursor that lost digits is replaced by a `created_before` slice (see
+    /// [`coarse_cursor_bound`]); only lists that document `created_before` on the cursor's
+    /// column turn it on.
+    slices: bool,
+    /// The page being requested is such a slice: rows it repeats from earlier pages are
+    /// dropped, because the slice asked for them again on purpose.
+    slicing: bool,
     rows: PhantomData<fn() -> T>,
 }
 
@@ -598,8 +663,16 @@ impl<T: DeserializeOwned + Row> Pager<T> {
             ids: HashSet::new(),
             hasher: RandomState::new(),
             stop: None,
+            slices: false,
+            slicing: false,
             rows: PhantomData,
         }
+    }
+
+    /// Pages past a cursor whose timestamp lost digits by `created_before` slices instead.
+    fn slicing_coarse_cursors(mut self) -> Self {
+        self.slices = true;
+        self
     }
 
     async fn next(&mut self, client: &Client) -> Result<Option<Vec<T>>, ApiError> {
@@ -613,22 +686,35 @@ impl<T: DeserializeOwned + Row> Pager<T> {
                 return Err(ApiError::TooManyPages { endpoint, pages });
             }
         }
-        let page: ListResponse<T> = client.get(endpoint, self.url.clone(), &self.query).await?;
+        let mut page: ListResponse<T> = client.get(endpoint, self.url.clone(), &self.query).await?;
         self.pages += 1;
         let mut progress = false;
-        for row in &page.data {
-            progress |= self.ids.insert(self.hasher.hash_one(row.row_id()));
-        }
+        let slice = std::mem::take(&mut self.slicing);
+        let last = page.data.last().and_then(Row::keyset_time);
+        page.data.retain(|row| {
+            let new = self.ids.insert(self.hasher.hash_one(row.row_id()));
+            progress |= new;
+            new || !slice
+        });
         match page.paging.and_then(|p| p.next).filter(|n| !n.is_empty()) {
             None => self.stop = Some(Stop::End),
-            Some(next) => self.follow(next, progress),
+            Some(next) => self.follow(next, progress, last),
         }
         Ok(Some(page.data))
     }
 
     /// Sets up the request of the page after `next`, or the guard that refuses it.
-    fn follow(&mut self, next: String, progress: bool) {
+    fn follow(&mut self, next: String, progress: bool, last: Option<OffsetDateTime>) {
         self.stalled = if progress { 0 } else { self.stalled + 1 };
+        // A slice that brought nothing new (more rows in one coarse unit than a page holds)
+        // cannot be cut finer: the cursor is followed then, with what it may skip.
+        let bound = (self.slices && progress)
+            .then(|| coarse_cursor_bound(&next, last))
+            .flatten();
+        if let Some(bound) = bound {
+            self.slice(bound);
+            return;
+        }
         self.stop = if self.cursors.contains(&next) {
             Some(Stop::CursorLoop)
         } else if self.stalled >= STALL_PAGES {
@@ -642,6 +728,26 @@ impl<T: DeserializeOwned + Row> Pager<T> {
             self.query.retain(|(k, _)| *k != "after");
             self.query.push(("after", next.clone()));
             self.cursors.insert(next);
+        }
+    }
+
+    /// Asks for the rows at or before `bound` (the end of the coarse unit of the cursor it
+    /// replaces): the rows of that unit already returned come again and are dropped. The
+    /// cursor is not recorded: a server that ignores `created_before` answers the same page,
+    /// which brings nothing new, and the cursor is then followed.
+    fn slice(&mut self, bound: OffsetDateTime) {
+        self.stop = if self.pages >= self.max_pages {
+            Some(Stop::TooManyPages(self.max_pages))
+        } else if self.stalled >= STALL_PAGES {
+            Some(Stop::NoProgress(self.stalled))
+        } else {
+            None
+        };
+        if self.stop.is_none() {
+            self.query
+                .retain(|(k, _)| *k != "after" && *k != "created_before");
+            self.query.push(("created_before", format_timestamp(bound)));
+            self.slicing = true;
         }
     }
 
@@ -732,6 +838,56 @@ fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
+    use time::macros::datetime;
+
+    fn cursor_at(ts: &str) -> String {
+        base64::engine::general_purpose::STANDARD.encode(format!(
+            r#"{{"values":["{ts}","550e8400-e29b-41d4-a716-446655440000"],"columns":["created_at","id"]}}"#
+        ))
+    }
+
+    #[test]
+    fn only_a_cursor_that_lost_digits_is_sliced() {
+        let bound = |ts: &str, last| coarse_cursor_bound(&cursor_at(ts), last);
+        // Microseconds (the documented form, even on a whole second) are followed.
+        assert_eq!(bound("2026-05-15T13:05:00.000000Z", None), None);
+        assert_eq!(bound("2026-05-15T13:05:00.123456+02:00", None), None);
+        // Seconds or milliseconds: the end of that unit, or the last row's precise start.
+        assert_eq!(
+            bound("2026-05-15T13:05:01Z", None),
+            Some(datetime!(2026-05-15 13:05:01.999999 UTC))
+        );
+        assert_eq!(
+            bound("2026-05-15T13:05:01.120Z", None),
+            Some(datetime!(2026-05-15 13:05:01.120999 UTC))
+        );
+        assert_eq!(
+            bound("2026-05-15T15:05:01+02:00", None),
+            Some(datetime!(2026-05-15 13:05:01.999999 UTC))
+        );
+        let row = datetime!(2026-05-15 13:05:01.250042 UTC);
+        assert_eq!(bound("2026-05-15T13:05:01Z", Some(row)), Some(row));
+        // A row start outside the cursor's unit, or on a whole millisecond, is not trusted.
+        let other = datetime!(2026-05-15 13:05:02.250042 UTC);
+        let whole_ms = datetime!(2026-05-15 13:05:01.250 UTC);
+        for last in [other, whole_ms] {
+            assert_eq!(
+                bound("2026-05-15T13:05:01Z", Some(last)),
+                Some(datetime!(2026-05-15 13:05:01.999999 UTC))
+            );
+        }
+        // Opaque or odd cursors are followed as they are.
+        for odd in [
+            "opaque",
+            "",
+            "bm90IGpzb24=",
+            &cursor_at("yesterday"),
+            &cursor_at(""),
+        ] {
+            assert_eq!(coarse_cursor_bound(odd, None), None, "{odd}");
+        }
+    }
 
     #[test]
     fn api_key_is_redacted_in_debug() {
