@@ -4,8 +4,10 @@
 //! renders objects that pass the same checks as deploy/kubernetes/ (probes, security context,
 //! the key's Secret reference, Service and ServiceMonitor selecting the pod, the PrometheusRule
 //! holding exactly `alerts/*.yml`), dashboards equal to `dashboards/*.json`, the config mounted
-//! and passed, and a default Deployment equal to the kustomize one. The chart's version is the
-//! crate's, and its copies of the alerts and dashboards are byte copies.
+//! and passed, and a default Deployment equal to the kustomize one. The rendered config, web
+//! config and args load in the exporter's own `Config::load`; NOTES.txt tells how to reach
+//! `/metrics`. The chart's version is the crate's, every value is commented, and its copies of
+//! the alerts and dashboards are byte copies.
 //!
 //! helm and kubectl come from `HELM`/`KUBECTL` or the PATH (`tools/install-helm.sh` installs
 //! both); without them the tests that need them fail under `CI=true` and otherwise print
@@ -868,4 +870,122 @@ fn config_changes_roll_the_pod() {
     );
     // Nothing to check without either: no annotations at all, as in the kustomize pod.
     assert!(annotations(default_values()).is_null());
+}
+
+/// The rendered config and web config files, and the container's arguments, are what the
+/// exporter accepts: `Config::load` (what `--config.check` runs) loads them, every project with
+/// its key.
+#[test]
+fn the_exporter_accepts_the_rendered_config_and_args() {
+    let Some(helm) = Helm::find() else { return };
+    let dir = TempDir::new("kx-helm-config");
+    let key_file = dir.write("sales.key", "sk-sales-placeholder\n");
+    let values = json!({
+        "existingSecret": {"name": "kapso-exporter"},
+        "config": {
+            "poll": {"interval": "90s"},
+            "metrics": {"max_conversations": 5000, "stall_thresholds": ["1m", "1h"]},
+            "kapso": {"timeout": "5s"},
+            "projects": [
+                {"name": "support", "api_key_env": "KAPSO_API_KEY", "rate_limit": 400},
+                {"name": "sales", "api_key_file": key_file},
+                {"name": "marketing", "api_key_env": "KAPSO_MARKETING_KEY", "conversation_ids": ["c-1"]}
+            ]
+        },
+        "webConfig": {
+            "basic_auth_users": {
+                "prometheus": "$2y$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG"
+            },
+            "http_server_config": {"headers": {"X-Content-Type-Options": "nosniff"}}
+        },
+        "extraArgs": ["--log.level=debug", "--metrics.max-conversations=6000"]
+    });
+    let rendered = helm.template(&values);
+    let deployment = rendered.one("Deployment");
+    let config = rendered.one("ConfigMap")["data"]["config.yml"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let web = rendered.one("Secret")["data"]["web-config.yml"]
+        .as_str()
+        .unwrap();
+    let web = base64::engine::general_purpose::STANDARD
+        .decode(web)
+        .unwrap();
+    let config_path = dir.write("config.yml", &config);
+    let web_path = dir.write("web-config.yml", &String::from_utf8(web).unwrap());
+    // The container's arguments, with the mounted files' paths swapped for the local copies.
+    let mut args = vec!["kapso-exporter".to_owned()];
+    for arg in kube::args(deployment) {
+        args.push(if arg.starts_with("--config.file=") {
+            format!("--config.file={}", config_path.display())
+        } else if arg.starts_with("--web.config.file=") {
+            format!("--web.config.file={}", web_path.display())
+        } else {
+            arg.to_owned()
+        });
+    }
+    let cli = <kapso_exporter::config::Cli as clap::Parser>::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("the exporter rejects the chart's args {args:?}: {e}"));
+    let env = |name: &str| match name {
+        "KAPSO_API_KEY" => Some("sk-support-placeholder".to_owned()),
+        "KAPSO_MARKETING_KEY" => Some("sk-marketing-placeholder".to_owned()),
+        _ => None,
+    };
+    let loaded = kapso_exporter::config::Config::load(&cli, &env)
+        .unwrap_or_else(|e| panic!("the exporter rejects the rendered config: {e}\n{config}"));
+    let projects: Vec<(&str, &str)> = loaded
+        .projects
+        .iter()
+        .map(|p| (p.name.as_str(), p.api_key.expose()))
+        .collect();
+    assert_eq!(
+        projects,
+        [
+            ("support", "sk-support-placeholder"),
+            ("sales", "sk-sales-placeholder"),
+            ("marketing", "sk-marketing-placeholder")
+        ]
+    );
+    // Flags win over the file.
+    assert_eq!(loaded.max_conversations, 6000);
+    assert_eq!(loaded.listen_address.port(), 9853);
+}
+
+/// NOTES.txt tells how to reach /metrics and what to check first.
+#[test]
+fn notes_show_the_port_forward_and_the_first_checks() {
+    let Some(helm) = Helm::find() else { return };
+    let values = helm.values_file(&default_values());
+    let mut args = helm.args(
+        &[
+            "install",
+            RELEASE,
+            "--dry-run=client",
+            "--namespace",
+            NAMESPACE,
+        ],
+        &[&values],
+    );
+    args.push(chart().into_os_string());
+    let out = helm.run(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "helm install --dry-run=client failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let notes = stdout
+        .split_once("\nNOTES:\n")
+        .unwrap_or_else(|| panic!("no NOTES in {stdout}"))
+        .1;
+    for want in [
+        "kubectl -n monitoring port-forward svc/kx-kapso-exporter 9853:9853",
+        "http://127.0.0.1:9853/metrics",
+        "kapso_up",
+        "/-/ready",
+        "kubectl -n monitoring logs deploy/kx-kapso-exporter",
+    ] {
+        assert!(notes.contains(want), "NOTES lack {want:?}:\n{notes}");
+    }
 }

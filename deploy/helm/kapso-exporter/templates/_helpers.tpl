@@ -72,11 +72,12 @@ The image reference; the tag defaults to the chart's appVersion.
 {{- end }}
 
 {{/*
-.Values.config as a map, whether it was given as a map or as a YAML string.
+The text of the config file: .Values.config verbatim when it is a YAML string, else the map as
+YAML.
 */}}
-{{- define "kapso-exporter.configMap" -}}
+{{- define "kapso-exporter.configText" -}}
 {{- if kindIs "string" .Values.config }}
-{{- toYaml (fromYaml .Values.config) }}
+{{- .Values.config }}
 {{- else }}
 {{- toYaml (.Values.config | default dict) }}
 {{- end }}
@@ -113,7 +114,7 @@ extraArgs, an api_key_file/api_key_env in config.kapso (the defaults of every pr
 config.projects that each name one.
 */}}
 {{- define "kapso-exporter.keysElsewhere" -}}
-{{- $config := include "kapso-exporter.configMap" . | fromYaml }}
+{{- $config := include "kapso-exporter.configText" . | fromYaml }}
 {{- $found := false }}
 {{- range .Values.extraArgs }}
 {{- if or (eq . "--demo") (hasPrefix "--kapso.api-key-file" .) }}
