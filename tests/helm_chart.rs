@@ -844,6 +844,9 @@ fn api_key_sources_and_their_failures() {
             kube::args(deployment).contains(&"--config.file=/etc/kapso-exporter/config/config.yml")
         );
     }
+    // extraArgs are flags.
+    let bad = fail(json!({"existingSecret": {"name": "s"}, "extraArgs": ["poll.interval=2m"]}));
+    assert!(bad.contains("--flag=value"), "{bad}");
     // A key file for every project through the defaults, or the demo: no key needed either.
     helm.template(&json!({"config": {"kapso": {"api_key_file": "/k"}}}));
     helm.template(&json!({"extraArgs": ["--demo"]}));
