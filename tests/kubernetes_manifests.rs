@@ -4,26 +4,17 @@
 //! takes the key from the example Secret's name and key, the Service and ServiceMonitor select
 //! it, and the PrometheusRule holds exactly the groups of `alerts/*.yml`, so they cannot drift.
 
+mod kube;
+
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use kube::{container, parse, repo_root, str_at};
 use serde_json::Value;
 
 const DIR: &str = "deploy/kubernetes";
-const CONTAINER: &str = "kapso-exporter";
-
-fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn parse(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_norway::from_str(&text)
-        .unwrap_or_else(|e| panic!("{} is not valid YAML: {e}", path.display()))
-}
 
 /// Every `*.yaml` of deploy/kubernetes/, by file name.
 fn manifests() -> Vec<(String, Value)> {
@@ -46,30 +37,6 @@ fn manifests() -> Vec<(String, Value)> {
 
 fn manifest(file: &str) -> Value {
     parse(&repo_root().join(DIR).join(file))
-}
-
-fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
-    value
-        .pointer(pointer)
-        .and_then(Value::as_str)
-        .unwrap_or_else(|| panic!("no string at {pointer}"))
-}
-
-/// The pod's container named kapso-exporter.
-fn container(deployment: &Value) -> &Value {
-    deployment
-        .pointer("/spec/template/spec/containers")
-        .and_then(Value::as_array)
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == CONTAINER)
-        .unwrap_or_else(|| panic!("the Deployment has no container {CONTAINER}"))
-}
-
-/// `labels` holds every pair of `selector`.
-fn selects(selector: &Value, labels: &Value) -> bool {
-    let selector = selector.as_object().unwrap();
-    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
 #[test]
@@ -128,95 +95,19 @@ fn kustomization_lists_every_manifest_but_the_example_secret() {
 #[test]
 fn deployment_probes_health_and_readiness_on_the_container_port() {
     let deployment = manifest("deployment.yaml");
-    assert_eq!(deployment["kind"], "Deployment");
-    assert!(selects(
-        &deployment["spec"]["selector"]["matchLabels"],
-        &deployment["spec"]["template"]["metadata"]["labels"]
-    ));
-    let c = container(&deployment);
-    let port = &c["ports"][0];
-    let port_name = port["name"].as_str().unwrap();
-    let port_number = port["containerPort"].as_u64().unwrap();
-    for (probe, path) in [
-        ("livenessProbe", "/-/healthy"),
-        ("readinessProbe", "/-/ready"),
-    ] {
-        let get = &c[probe]["httpGet"];
-        assert_eq!(get["path"], path, "{probe}");
-        assert!(
-            get["port"] == port_name || get["port"].as_u64() == Some(port_number),
-            "{probe} targets port {}, the container serves {port_name} ({port_number})",
-            get["port"]
-        );
-    }
-    // The exporter listens on the port the probes and the Service use.
-    let listen = c["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(Value::as_str)
-        .find_map(|a| a.strip_prefix("--web.listen-address="))
-        .unwrap_or(kapso_exporter::config::DEFAULT_LISTEN_ADDRESS);
-    assert_eq!(listen.rsplit(':').next().unwrap(), port_number.to_string());
-    for kind in ["requests", "limits"] {
-        for resource in ["cpu", "memory"] {
-            assert!(
-                c["resources"][kind][resource].is_string(),
-                "no resources.{kind}.{resource}"
-            );
-        }
-    }
+    kube::check_probes(&deployment);
+    kube::check_resources(&deployment);
 }
 
 #[test]
 fn deployment_runs_locked_down_as_the_image_user() {
-    let deployment = manifest("deployment.yaml");
-    let pod = &deployment["spec"]["template"]["spec"];
-    let c = container(&deployment);
-    let security = &c["securityContext"];
-    let pod_security = &pod["securityContext"];
-    let either = |field: &str| {
-        if security[field].is_null() {
-            pod_security[field].clone()
-        } else {
-            security[field].clone()
-        }
-    };
-    assert_eq!(either("runAsNonRoot"), true);
-    assert_eq!(security["readOnlyRootFilesystem"], true);
-    assert_eq!(security["allowPrivilegeEscalation"], false);
-    assert!(
-        security["capabilities"]["drop"]
-            .as_array()
-            .is_some_and(|d| d.iter().any(|c| c == "ALL")),
-        "capabilities.drop lacks ALL"
-    );
-    assert_eq!(either("seccompProfile")["type"], "RuntimeDefault");
-    // The same numeric user as the image's USER.
-    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).unwrap();
-    let user = dockerfile
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("USER "))
-        .next_back()
-        .unwrap();
-    let uid: u64 = user.split(':').next().unwrap().trim().parse().unwrap();
-    assert_eq!(either("runAsUser").as_u64(), Some(uid));
-    assert_eq!(pod["automountServiceAccountToken"], false);
+    kube::check_locked_down(&manifest("deployment.yaml"));
 }
 
 #[test]
 fn api_key_comes_from_the_example_secret() {
     let deployment = manifest("deployment.yaml");
-    let env = container(&deployment)["env"].as_array().unwrap();
-    let key = env
-        .iter()
-        .find(|e| e["name"] == "KAPSO_API_KEY")
-        .expect("the container sets KAPSO_API_KEY");
-    assert!(
-        key.get("value").is_none(),
-        "KAPSO_API_KEY has a literal value"
-    );
-    let reference = &key["valueFrom"]["secretKeyRef"];
+    let reference = kube::api_key_reference(&deployment);
     let secret = manifest("secret.example.yaml");
     assert_eq!(secret["kind"], "Secret");
     assert_eq!(reference["name"], secret["metadata"]["name"]);
@@ -238,82 +129,19 @@ fn api_key_comes_from_the_example_secret() {
 
 #[test]
 fn service_and_service_monitor_select_the_exporter() {
-    let deployment = manifest("deployment.yaml");
-    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
-    let port_name = str_at(container(&deployment), "/ports/0/name");
-
-    let service = manifest("service.yaml");
-    assert!(selects(&service["spec"]["selector"], pod_labels));
-    let service_port = &service["spec"]["ports"][0];
-    assert_eq!(service_port["targetPort"], port_name);
-
-    let monitor = manifest("servicemonitor.yaml");
-    assert!(selects(
-        &monitor["spec"]["selector"]["matchLabels"],
-        &service["metadata"]["labels"]
-    ));
-    let endpoint = &monitor["spec"]["endpoints"][0];
-    assert_eq!(endpoint["port"], service_port["name"]);
-    assert_eq!(endpoint["path"], "/metrics");
-
-    // The job name the alerts expect (`up{job="..."}`) is the one the ServiceMonitor sets.
-    let rules = serde_json::to_string(&alert_groups()).unwrap();
-    if let Some(rest) = rules.split(r#"up{job=\""#).nth(1) {
-        let job = rest.split('\\').next().unwrap();
-        let sets_job = endpoint["relabelings"].as_array().is_some_and(|r| {
-            r.iter()
-                .any(|r| r["targetLabel"] == "job" && r["replacement"] == job)
-        });
-        assert!(sets_job, "the ServiceMonitor does not set job=\"{job}\"");
-    }
-}
-
-/// The `groups` of every `alerts/*.yml`, in file name order.
-fn alert_groups() -> Vec<Value> {
-    let dir = repo_root().join("alerts");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "yml"))
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no rule files in alerts/");
-    files
-        .iter()
-        .flat_map(|p| {
-            parse(p)["groups"]
-                .as_array()
-                .unwrap_or_else(|| panic!("{} has no groups", p.display()))
-                .clone()
-        })
-        .collect()
+    kube::check_service_and_monitor(
+        &manifest("deployment.yaml"),
+        &manifest("service.yaml"),
+        &manifest("servicemonitor.yaml"),
+    );
 }
 
 #[test]
 fn prometheus_rule_holds_exactly_the_alert_rule_groups() {
-    let rule = manifest("prometheusrule.yaml");
-    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
-    assert_eq!(rule["kind"], "PrometheusRule");
-    let groups = rule["spec"]["groups"].as_array().unwrap();
-    let expected = alert_groups();
-    let names = |g: &[Value]| -> Vec<String> {
-        g.iter()
-            .map(|g| g["name"].as_str().unwrap().to_owned())
-            .collect()
-    };
-    assert_eq!(
-        names(groups),
-        names(&expected),
-        "prometheusrule.yaml is out of date: python3 deploy/kubernetes/generate-prometheusrule.py"
+    kube::check_rule_groups(
+        &manifest("prometheusrule.yaml"),
+        "python3 deploy/kubernetes/generate-prometheusrule.py",
     );
-    for (got, want) in groups.iter().zip(&expected) {
-        assert_eq!(
-            got, want,
-            "group {} of prometheusrule.yaml differs from alerts/: \
-             python3 deploy/kubernetes/generate-prometheusrule.py",
-            want["name"]
-        );
-    }
 }
 
 /// The generator reproduces the committed file byte for byte (needs python3 with PyYAML).
@@ -326,10 +154,7 @@ fn prometheus_rule_is_what_the_generator_writes() {
         .status()
         .is_ok_and(|s| s.success());
     if !has_pyyaml {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("python3 with PyYAML is required when CI=true");
-        }
-        eprintln!("SKIPPED: python3 with PyYAML is not available");
+        kube::missing("python3 with PyYAML is not available");
         return;
     }
     let mut child = Command::new("python3")
