@@ -15,6 +15,7 @@ use crate::poller::{self, Poller};
 use crate::simulator::{Simulator, SimulatorConfig};
 use crate::state::{ProjectState, SharedProject};
 use crate::supervisor::{Supervisor, TaskCollector, Tasks};
+use crate::webhook::{Endpoint, Receiver};
 use crate::{http, metrics};
 
 /// How long in-flight scrapes may take to finish after a shutdown signal.
@@ -29,6 +30,9 @@ pub struct Exporter {
     /// The supervised tasks that `/-/healthy`, `/-/ready` and `kapso_exporter_task_up` report;
     /// empty until [`start`] spawns them.
     pub tasks: Tasks,
+    /// The webhook receiver and its router (behind the webhook listener's web config), when
+    /// webhooks are on.
+    pub webhooks: Option<(Receiver, axum::Router)>,
 }
 
 /// Builds the exporter for `config`, reading time from `clock`.
@@ -65,9 +69,32 @@ fn build_with(
             config.max_conversations,
         ));
     }
+    let webhooks = config.webhook.as_ref().map(|listener| {
+        let endpoints = pollers
+            .iter()
+            .zip(&config.projects)
+            .zip(&projects)
+            .filter_map(|((poller, p), state)| {
+                poller::lock(&poller.tracker()).enable_events();
+                Some(Endpoint {
+                    project: p.name.clone(),
+                    secret: p.webhook_secret.clone()?,
+                    tracker: poller.tracker(),
+                    state: state.clone(),
+                    conversation_mode: poller.conversation_mode(),
+                })
+            })
+            .collect();
+        let receiver = Receiver::new(endpoints, clock.clone());
+        let router = http::auth::protect(receiver.router(), &listener.web);
+        (receiver, router)
+    });
     let mut registry = metrics::registry(projects.clone(), clock, &config.stall_thresholds);
-    // A collector of its own, so that the task metric stays apart from the project metrics.
+    // Collectors of their own, so that these metrics stay apart from the project metrics.
     registry.register_collector(Box::new(TaskCollector::new(tasks.clone())));
+    if let Some((receiver, _)) = &webhooks {
+        registry.register_collector(Box::new(receiver.collector()));
+    }
     let router = http::router(
         registry,
         projects.clone(),
@@ -80,12 +107,15 @@ fn build_with(
         pollers,
         projects,
         tasks,
+        webhooks,
     })
 }
 
 /// A running exporter.
 pub struct Running {
     pub addr: SocketAddr,
+    /// Where the webhook listener listens, when webhooks are on.
+    pub webhook_addr: Option<SocketAddr>,
     pub projects: Vec<SharedProject>,
     /// The supervised tasks: `poller/<project>`, `http` and, with `--demo`, `simulator`.
     pub tasks: Tasks,
@@ -118,9 +148,18 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
             .await
             .context("failed to start the demo simulator")?;
         tracing::info!(url = %running.base_url, "demo: serving a simulated Kapso API");
+        // The demo's webhooks are signed with a secret made up for this run.
+        let secret: String = {
+            use rand::Rng as _;
+            let mut rng = rand::rng();
+            (0..32)
+                .map(|_| format!("{:02x}", rng.random::<u8>()))
+                .collect()
+        };
         for p in &mut config.projects {
             p.base_url = running.base_url.clone();
             p.api_key = key.clone();
+            p.webhook_secret = Some(crate::webhook::WebhookSecret::new(secret.clone()));
         }
         let mut ticker = sim.run_ticker(Duration::from_secs(1));
         let token = cancel.clone();
@@ -146,6 +185,19 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
     let addr = listener
         .local_addr()
         .context("failed to read the listen address")?;
+    let webhook_listener = match &config.webhook {
+        Some(w) => Some(
+            TcpListener::bind(w.address)
+                .await
+                .with_context(|| format!("failed to listen on {} for webhooks", w.address))?,
+        ),
+        None => None,
+    };
+    let webhook_addr = webhook_listener
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .context("failed to read the webhook listen address")?;
     let exporter = build_with(&config, clock, RetryPolicy::default(), tasks)?;
     for ((poller, p), state) in exporter
         .pollers
@@ -166,10 +218,28 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
             cancel.clone(),
         ),
     );
+    if let (Some(listener), Some((_, router)), Some(w)) =
+        (webhook_listener, exporter.webhooks, &config.webhook)
+    {
+        supervisor.spawn(
+            "webhook",
+            http::server::serve(
+                listener,
+                router,
+                w.web.tls.clone(),
+                config.web_limits,
+                cancel.clone(),
+            ),
+        );
+        if let Some(addr) = webhook_addr {
+            tracing::info!(address = %addr, web = %w.web.describe(), "receiving Kapso webhooks on POST /webhooks/kapso");
+        }
+    }
     tracing::info!(web = %config.web.describe(), max_connections = config.web_limits.max_connections, "HTTP server configured");
     tracing::info!(address = %addr, path = %config.telemetry_path, "serving metrics");
     Ok(Running {
         addr,
+        webhook_addr,
         projects: exporter.projects,
         tasks: exporter.tasks,
         supervisor,

@@ -15,6 +15,7 @@ use url::Url;
 use crate::kapso::ApiKey;
 use crate::simulator::Variance;
 use crate::web_config::WebConfig;
+use crate::webhook::WebhookSecret;
 
 /// The default Kapso Platform API.
 pub const DEFAULT_BASE_URL: &str = "https://api.kapso.ai/platform/v1";
@@ -81,6 +82,15 @@ pub struct Cli {
     /// Most HTTP connections served at once; more wait in the listen backlog [default: 64]
     #[arg(long = "web.max-connections", value_name = "N")]
     pub max_connections: Option<usize>,
+    /// Address of a second listener that receives Kapso's webhooks (POST /webhooks/kapso); off by default
+    #[arg(long = "webhook.listen-address", value_name = "ADDRESS")]
+    pub webhook_listen_address: Option<String>,
+    /// Exporter-toolkit web configuration file (TLS, basic auth) of the webhook listener
+    #[arg(long = "webhook.config.file", value_name = "PATH")]
+    pub webhook_config_file: Option<PathBuf>,
+    /// File holding the webhook secret (instead of the KAPSO_WEBHOOK_SECRET environment variable)
+    #[arg(long = "webhook.secret-file", value_name = "PATH")]
+    pub webhook_secret_file: Option<PathBuf>,
     /// Path under which to expose metrics [default: /metrics]
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     pub telemetry_path: Option<String>,
@@ -140,6 +150,16 @@ pub struct Config {
     pub demo: bool,
     /// The demo simulator's API variance (`--demo.variance`); default without it.
     pub demo_variance: Variance,
+    /// The webhook listener, when on (`--webhook.listen-address`, or `--demo`).
+    pub webhook: Option<WebhookListener>,
+}
+
+/// The second listener, for Kapso's webhooks.
+#[derive(Clone, Debug)]
+pub struct WebhookListener {
+    pub address: SocketAddr,
+    /// From `--webhook.config.file`.
+    pub web: WebConfig,
 }
 
 /// Limits that keep slow or hostile HTTP clients from holding the server (see `http::server`).
@@ -189,6 +209,8 @@ pub struct ProjectConfig {
     pub timeout: Duration,
     pub poll_interval: Duration,
     pub mode: Mode,
+    /// The secret Kapso signs this project's webhooks with; required when webhooks are on.
+    pub webhook_secret: Option<WebhookSecret>,
 }
 
 /// What a project's poller lists.
@@ -219,6 +241,15 @@ struct FileConfig {
     kapso: FileProject,
     #[serde(default)]
     projects: Vec<FileProject>,
+    #[serde(default)]
+    webhook: FileWebhook,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileWebhook {
+    listen_address: Option<String>,
+    config_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -265,6 +296,9 @@ struct FileProject {
     conversation_ids: Vec<String>,
     conversations_file: Option<PathBuf>,
     discover_conversations: Option<String>,
+    webhook_secret_file: Option<PathBuf>,
+    /// Name of an environment variable holding the webhook secret.
+    webhook_secret_env: Option<String>,
 }
 
 impl Config {
@@ -306,8 +340,15 @@ impl Config {
             conversation_ids: cli.conversation_ids.clone(),
             conversations_file: cli.conversations_file.clone(),
             discover_conversations: cli.discover_conversations.clone(),
+            webhook_secret_file: cli.webhook_secret_file.clone(),
+            webhook_secret_env: None,
         };
         let defaults = overlay(&cli_project, &file.kapso);
+        let env_secret = || {
+            env("KAPSO_WEBHOOK_SECRET")
+                .filter(|k| !k.trim().is_empty())
+                .map(|k| WebhookSecret::new(k.trim()))
+        };
         let mut projects = Vec::new();
         if cli.demo {
             // The demo talks to the embedded simulator; app::run fills in its URL and key.
@@ -321,6 +362,7 @@ impl Config {
                 &base,
                 env,
                 Some(ApiKey::new("demo")),
+                None,
             )?);
         } else if file.projects.is_empty() {
             let fallback = env("KAPSO_API_KEY")
@@ -333,6 +375,7 @@ impl Config {
                 &base,
                 env,
                 fallback,
+                env_secret(),
             )?);
         } else {
             if !cli.conversation_ids.is_empty() || cli.conversations_file.is_some() {
@@ -353,6 +396,11 @@ impl Config {
                 } else {
                     None
                 };
+                let fallback_secret = if file.projects.len() == 1 {
+                    env_secret()
+                } else {
+                    None
+                };
                 projects.push(build_project(
                     merged,
                     &name,
@@ -360,6 +408,7 @@ impl Config {
                     &base,
                     env,
                     fallback,
+                    fallback_secret,
                 )?);
             }
         }
@@ -472,6 +521,61 @@ impl Config {
                 "--metrics.stall-thresholds must name at least one duration",
             ));
         }
+        let webhook = match cli
+            .webhook_listen_address
+            .as_deref()
+            .or(file.webhook.listen_address.as_deref())
+        {
+            Some(address) => Some(parse_listen_address(address).map_err(|_| {
+                err(format!(
+                    "--webhook.listen-address {address:?} is not host:port or :port"
+                ))
+            })?),
+            // The demo receives its simulator's webhooks on a port of its own choosing.
+            None if cli.demo => Some(SocketAddr::from(([127, 0, 0, 1], 0))),
+            None => None,
+        };
+        let webhook_web = cli
+            .webhook_config_file
+            .clone()
+            .or(file.webhook.config_file.map(|p| resolve(&base, &p)));
+        let webhook = match (webhook, webhook_web) {
+            (None, Some(_)) => {
+                return Err(err(
+                    "--webhook.config.file is only valid with --webhook.listen-address",
+                ));
+            }
+            (None, None) => None,
+            (Some(address), web) => {
+                let web = match web {
+                    Some(path) => WebConfig::load(&path).map_err(|e| {
+                        err(format!(
+                            "invalid --webhook.config.file {}: {e}",
+                            path.display()
+                        ))
+                    })?,
+                    None => WebConfig::default(),
+                };
+                if address == listen_address && address.port() != 0 {
+                    return Err(err(format!(
+                        "--webhook.listen-address {address} must differ from --web.listen-address"
+                    )));
+                }
+                if !cli.demo {
+                    if let Some(p) = projects.iter().find(|p| p.webhook_secret.is_none()) {
+                        let whose = if p.name == DEFAULT_PROJECT {
+                            String::new()
+                        } else {
+                            format!("project {:?}: ", p.name)
+                        };
+                        return Err(err(format!(
+                            "{whose}webhooks are on (--webhook.listen-address) but there is no webhook secret: set KAPSO_WEBHOOK_SECRET, --webhook.secret-file, or webhook_secret_file / webhook_secret_env in the config file"
+                        )));
+                    }
+                }
+                Some(WebhookListener { address, web })
+            }
+        };
         Ok(Config {
             projects,
             listen_address,
@@ -484,6 +588,7 @@ impl Config {
             stall_thresholds,
             demo: cli.demo,
             demo_variance,
+            webhook,
         })
     }
 }
@@ -511,6 +616,14 @@ fn overlay(p: &FileProject, defaults: &FileProject) -> FileProject {
             .discover_conversations
             .clone()
             .or(defaults.discover_conversations.clone()),
+        webhook_secret_file: p
+            .webhook_secret_file
+            .clone()
+            .or(defaults.webhook_secret_file.clone()),
+        webhook_secret_env: p
+            .webhook_secret_env
+            .clone()
+            .or(defaults.webhook_secret_env.clone()),
     }
 }
 
@@ -521,6 +634,7 @@ fn build_project(
     base: &Path,
     env: &dyn Fn(&str) -> Option<String>,
     fallback_key: Option<ApiKey>,
+    fallback_secret: Option<WebhookSecret>,
 ) -> Result<ProjectConfig, ConfigError> {
     let ctx = |m: String| {
         if name == DEFAULT_PROJECT {
@@ -627,6 +741,32 @@ fn build_project(
             "--kapso.discover-conversations must be longer than zero".to_owned(),
         ));
     }
+    let webhook_secret = if let Some(path) = &p.webhook_secret_file {
+        let path = resolve(base, path);
+        let secret = std::fs::read_to_string(&path).map_err(|e| {
+            ctx(format!(
+                "cannot read webhook secret file {}: {e}",
+                path.display()
+            ))
+        })?;
+        let secret = secret.trim();
+        if secret.is_empty() {
+            return Err(ctx(format!(
+                "webhook secret file {} is empty",
+                path.display()
+            )));
+        }
+        Some(WebhookSecret::new(secret))
+    } else if let Some(var) = &p.webhook_secret_env {
+        let secret = env(var).filter(|k| !k.trim().is_empty()).ok_or_else(|| {
+            ctx(format!(
+                "environment variable {var} (webhook_secret_env) is not set or empty"
+            ))
+        })?;
+        Some(WebhookSecret::new(secret.trim()))
+    } else {
+        fallback_secret
+    };
     let mode = if ids.is_empty() && discover.is_none() {
         Mode::Project
     } else {
@@ -640,6 +780,7 @@ fn build_project(
         timeout,
         poll_interval,
         mode,
+        webhook_secret,
     })
 }
 

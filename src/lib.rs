@@ -16,3 +16,4 @@ pub mod simulator;
 pub mod state;
 pub mod supervisor;
 pub mod web_config;
+pub mod webhook;

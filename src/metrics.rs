@@ -17,7 +17,9 @@ use prometheus_client::registry::Registry;
 use crate::clock::Clock;
 use crate::clock::micros;
 use crate::kapso::{ApiError, ExecutionStatus};
-use crate::state::{self, ConversationSeries, ProjectState, SharedProject, Snapshot};
+use crate::state::{
+    self, ConversationSeries, CounterSnapshot, ProjectState, SharedProject, Snapshot,
+};
 
 /// `Content-Type` of the classic text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -91,6 +93,7 @@ pub fn wants_openmetrics(accept: Option<&str>) -> bool {
 struct View {
     name: String,
     snapshot: Arc<Snapshot>,
+    counters: Arc<CounterSnapshot>,
     up: bool,
     ready: bool,
     last_success: Option<f64>,
@@ -110,6 +113,7 @@ impl View {
         Self {
             name: p.name.clone(),
             snapshot: p.snapshot.clone(),
+            counters: p.counters.clone(),
             up: p.up,
             ready: p.ready,
             last_success: p
@@ -357,15 +361,15 @@ impl Collector for KapsoCollector {
                     ("workflow", name_of(i, wf)),
                 ]
             };
-            for (wf, n) in &v.snapshot.started {
+            for (wf, n) in &v.counters.started {
                 started.push((base(wf), *n));
             }
-            for ((wf, status), n) in &v.snapshot.finished {
+            for ((wf, status), n) in &v.counters.finished {
                 let mut l = base(wf);
                 l.push(("status", status.as_str().to_owned()));
                 finished.push((l, *n));
             }
-            for (wf, n) in &v.snapshot.handoffs {
+            for (wf, n) in &v.counters.handoffs {
                 handoffs.push((base(wf), *n));
             }
             for (wf, h) in &v.snapshot.workflow_health {

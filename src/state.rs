@@ -46,6 +46,16 @@ pub struct WorkflowHealth {
     pub last_success: Option<i64>,
 }
 
+/// The counters of one project. Polls and webhook events both replace them; `generation`
+/// orders the copies, so an older one never replaces a newer one (counters never go back).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CounterSnapshot {
+    pub generation: u64,
+    pub started: BTreeMap<Arc<str>, u64>,
+    pub finished: BTreeMap<(Arc<str>, ExecutionStatus), u64>,
+    pub handoffs: BTreeMap<Arc<str>, u64>,
+}
+
 /// Everything one successful poll established.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
@@ -57,9 +67,8 @@ pub struct Snapshot {
     pub conversations: Vec<ConversationSeries>,
     /// Conversations with a live execution, before the cap.
     pub conversations_total: usize,
-    pub started: BTreeMap<Arc<str>, u64>,
-    pub finished: BTreeMap<(Arc<str>, ExecutionStatus), u64>,
-    pub handoffs: BTreeMap<Arc<str>, u64>,
+    /// The counters as of this snapshot; `ProjectState::counters` may be newer.
+    pub counters: Arc<CounterSnapshot>,
     /// Per workflow (project mode): whether its last poll committed.
     pub workflow_health: BTreeMap<Arc<str>, WorkflowHealth>,
     /// Executions that left the live lists and whose outcome Kapso has not told yet.
@@ -80,6 +89,8 @@ pub struct ProjectState {
     pub rate_limit: u32,
     pub api: Arc<ApiStats>,
     pub snapshot: Arc<Snapshot>,
+    /// The latest counters, from the last poll or a later webhook event.
+    pub counters: Arc<CounterSnapshot>,
     /// Whether the last poll completed.
     pub up: bool,
     /// Whether any poll has completed.
@@ -104,6 +115,7 @@ impl ProjectState {
             rate_limit,
             api,
             snapshot: Arc::default(),
+            counters: Arc::default(),
             up: false,
             ready: false,
             last_success: None,
@@ -120,6 +132,18 @@ impl ProjectState {
         Arc::new(RwLock::new(self))
     }
 
+    /// Shows `counters` unless a newer copy is already shown.
+    pub fn update_counters(&mut self, counters: Arc<CounterSnapshot>) {
+        if counters.generation >= self.counters.generation {
+            self.counters = counters;
+        }
+    }
+
+    fn replace_snapshot(&mut self, snapshot: Snapshot) {
+        self.update_counters(snapshot.counters.clone());
+        self.snapshot = Arc::new(snapshot);
+    }
+
     /// Records a completed poll and its snapshot.
     pub fn record_success(
         &mut self,
@@ -128,7 +152,7 @@ impl ProjectState {
         took: Duration,
         requests: u64,
     ) {
-        self.snapshot = Arc::new(snapshot);
+        self.replace_snapshot(snapshot);
         self.up = true;
         self.ready = true;
         self.last_success = Some(at);
@@ -148,7 +172,7 @@ impl ProjectState {
         took: Duration,
         requests: u64,
     ) {
-        self.snapshot = Arc::new(snapshot);
+        self.replace_snapshot(snapshot);
         self.record_failure(kind, message, took, requests);
     }
 

@@ -25,6 +25,7 @@ pub mod plan;
 pub mod tracker;
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -35,6 +36,16 @@ use crate::config::{Mode, ProjectConfig};
 use crate::kapso::{ApiError, Client, Execution, ExecutionFilter, ExecutionStatus, Workflow};
 use crate::state::{self, SharedProject};
 use tracker::{ConversationFetch, FetchError, Tracker, WorkflowFetch};
+
+/// A project's tracker, shared by its poller and its webhook receiver. Never held across an
+/// await: the poller locks it to plan and to commit, the receiver to apply one event.
+pub type SharedTracker = Arc<Mutex<Tracker>>;
+
+/// The tracker, even if a holder panicked (the tracker's own steps do not leave it half-done
+/// across a panic of theirs: a panic there ends the poller, which the supervisor reports).
+pub fn lock(tracker: &SharedTracker) -> MutexGuard<'_, Tracker> {
+    tracker.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// Requests (or workflows) in flight at once within one poll.
 pub const CONCURRENCY: usize = 8;
@@ -67,7 +78,7 @@ pub struct Poller {
     client: Client,
     clock: Clock,
     state: SharedProject,
-    tracker: Tracker,
+    tracker: SharedTracker,
     max_conversations: usize,
 }
 
@@ -86,9 +97,24 @@ impl Poller {
             client,
             clock,
             state,
-            tracker: Tracker::new(),
+            tracker: Arc::new(Mutex::new(Tracker::new())),
             max_conversations,
         }
+    }
+
+    /// The tracker, for the project's webhook receiver.
+    pub fn tracker(&self) -> SharedTracker {
+        self.tracker.clone()
+    }
+
+    /// The project's name (its `project` label).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Whether the project watches conversations rather than every workflow.
+    pub fn conversation_mode(&self) -> bool {
+        matches!(self.mode, Mode::Conversations { .. })
     }
 
     /// Polls every interval until `cancel` fires. The first poll starts at once.
@@ -124,7 +150,7 @@ impl Poller {
         }
         let snapshot = outcome
             .committed
-            .then(|| self.tracker.snapshot(self.max_conversations));
+            .then(|| lock(&self.tracker).snapshot(self.max_conversations));
         let mut st = state::write(&self.state);
         match (outcome.error, snapshot) {
             (None, snapshot) => {
@@ -160,14 +186,14 @@ impl Poller {
             Ok(l) => l,
             Err(e) => {
                 // No workflow was read: none of them is up to date.
-                let changed = self.tracker.mark_workflows_stale();
+                let changed = lock(&self.tracker).mark_workflows_stale();
                 return Outcome {
                     committed: changed,
                     ..Outcome::failed(e)
                 };
             }
         };
-        let workflows = self.tracker.dedupe_listing(listing);
+        let workflows = lock(&self.tracker).dedupe_listing(listing);
         let tracker = &self.tracker;
         let client = &self.client;
         let mut outcome = Outcome::default();
@@ -175,7 +201,7 @@ impl Poller {
             .map(|wf| fetch_workflow(client, tracker, wf, now))
             .buffer_unordered(CONCURRENCY);
         let fetches = gather(parts, "workflow", &mut outcome).await;
-        self.tracker.commit_project(&workflows, fetches, now);
+        lock(&self.tracker).commit_project(&workflows, fetches, now);
         outcome.committed = true;
         outcome
     }
@@ -207,7 +233,7 @@ impl Poller {
             .map(|id| fetch_conversation(client, tracker, id))
             .buffer_unordered(CONCURRENCY);
         let fetches = gather(parts, "conversation", &mut outcome).await;
-        self.tracker.commit_conversations(&watched, fetches, now);
+        lock(&self.tracker).commit_conversations(&watched, fetches, now);
         outcome.committed = true;
         outcome
     }
@@ -249,7 +275,7 @@ async fn gather<T>(
 /// requests of its plan. Returns the workflow's id with the result.
 async fn fetch_workflow(
     client: &Client,
-    tracker: &Tracker,
+    tracker: &SharedTracker,
     workflow: Workflow,
     now: time::OffsetDateTime,
 ) -> (String, Result<WorkflowFetch, ApiError>) {
@@ -259,11 +285,14 @@ async fn fetch_workflow(
 
 async fn read_workflow(
     client: &Client,
-    tracker: &Tracker,
+    tracker: &SharedTracker,
     workflow: Workflow,
     now: time::OffsetDateTime,
 ) -> Result<WorkflowFetch, ApiError> {
-    let max_pages = plan::live_max_pages(tracker.workflow(&workflow.id), &workflow);
+    let max_pages = {
+        let t = lock(tracker);
+        plan::live_max_pages(t.workflow(&workflow.id), &workflow)
+    };
     let live_lists = futures::future::try_join_all(ExecutionStatus::LIVE.map(|status| {
         client.list_workflow_executions(
             &workflow.id,
@@ -278,7 +307,7 @@ async fn read_workflow(
     // The poll holds every live row until it commits (200,000 at scale L): keep only what the
     // tracker reads. The embedded workflow summary is the workflow listed here.
     let live = strip(live_lists.into_iter().flatten().collect());
-    let plan = tracker.plan(&workflow, &live, now);
+    let plan = lock(tracker).plan(&workflow, &live, now);
     let window = match &plan.window {
         Some(w) => {
             let filter = ExecutionFilter {
@@ -381,7 +410,7 @@ fn strip(rows: Vec<Execution>) -> Vec<Execution> {
 /// conversation's id with the result.
 async fn fetch_conversation(
     client: &Client,
-    tracker: &Tracker,
+    tracker: &SharedTracker,
     conversation: String,
 ) -> (String, Result<ConversationFetch, ApiError>) {
     let result = read_conversation(client, tracker, &conversation).await;
@@ -390,13 +419,13 @@ async fn fetch_conversation(
 
 async fn read_conversation(
     client: &Client,
-    tracker: &Tracker,
+    tracker: &SharedTracker,
     conversation: &str,
 ) -> Result<ConversationFetch, ApiError> {
     let rows = client
         .list_conversation_executions(conversation, plan::pages_for(plan::UNKNOWN_GROWTH))
         .await?;
-    let followups = tracker.conversation_followups(conversation, &rows);
+    let followups = lock(tracker).conversation_followups(conversation, &rows);
     let (resolved, gone) = read_by_id(client, &followups).await?;
     Ok(ConversationFetch {
         rows,

@@ -327,6 +327,7 @@ mod tests {
             conversation_id: None,
             started_at: Some(start),
             last_event_at: Some(start),
+            handoff_mark: None,
         }
     }
 

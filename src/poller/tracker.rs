@@ -28,7 +28,9 @@ use time::OffsetDateTime;
 
 use crate::clock::{Micros, micros, plausible};
 use crate::kapso::{Execution, ExecutionStatus, Workflow};
-use crate::state::{ConversationSeries, LiveBucket, Snapshot, WorkflowHealth, WorkflowMeta};
+use crate::state::{
+    ConversationSeries, CounterSnapshot, LiveBucket, Snapshot, WorkflowHealth, WorkflowMeta,
+};
 
 use super::plan::{
     self, Context, CountRule, MARGIN, PENDING_BY_ID_MAX, PRECISION_SLACK, Plan, WindowReason,
@@ -72,6 +74,10 @@ pub struct LiveExec {
     /// `started_at`, when believable.
     pub started_at: Option<Micros>,
     pub last_event_at: Option<Micros>,
+    /// When the last counted entry into `handoff` happened (the event's `occurred_at`, or the
+    /// `last_event_at` of the row that showed it), so that a webhook and a poll telling of the
+    /// same entry count it once.
+    pub handoff_mark: Option<Micros>,
 }
 
 /// What the tracker knows of one execution id.
@@ -84,6 +90,20 @@ pub enum Exec {
     /// Finished (and counted if it was tracked), or known not to concern the counters; kept,
     /// with its start, only while a window listing may return it again.
     Seen(Option<Micros>),
+    /// Told of by a webhook before any poll listed it (see [`Tracker::apply_event`]).
+    Early(EarlyExec),
+}
+
+/// An execution a webhook told of before a poll listed it: the poll that lists it counts its
+/// start (by the window rule) but not what the events already counted.
+#[derive(Clone, Debug, PartialEq)]
+pub struct EarlyExec {
+    /// Its failure was counted from a `workflow.execution.failed` event.
+    pub failed: bool,
+    /// When its last counted entry into `handoff` happened.
+    pub handoff_mark: Option<Micros>,
+    /// The last event's `occurred_at`; forgotten [`EARLY_TTL`] later if no poll listed it.
+    pub occurred_at: Micros,
 }
 
 /// `execution_count` and `last_executed_at` of a workflow's previous listing.
@@ -259,10 +279,27 @@ struct Effect {
 
 /// The effect of seeing `status` for an id remembered as `prev`; `countable` when the id is
 /// new and inside a counted window.
+///
+/// A handoff a webhook already counted (`handoff_mark` after the last event seen before) is
+/// the entry this row shows, or one before it: not counted again. An execution whose failure
+/// a webhook counted is not counted finished again.
 fn effect(prev: Option<&Exec>, status: ExecutionStatus, countable: bool) -> Effect {
-    let (tracked, last) = match prev {
-        None => (countable, None),
-        Some(Exec::Live(e) | Exec::Pending(e)) => (true, Some(e.status)),
+    let (tracked, last, handoff_counted, failed_counted) = match prev {
+        None => (countable, None, false, false),
+        Some(Exec::Live(e) | Exec::Pending(e)) => {
+            let after_last_seen = match (e.handoff_mark, e.last_event_at) {
+                (Some(m), Some(p)) => m > p,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            (true, Some(e.status), after_last_seen, false)
+        }
+        Some(Exec::Early(e)) => (
+            countable || e.failed,
+            None,
+            e.handoff_mark.is_some(),
+            e.failed,
+        ),
         Some(Exec::Seen(_)) => {
             return Effect {
                 reappeared: status.is_live(),
@@ -270,10 +307,14 @@ fn effect(prev: Option<&Exec>, status: ExecutionStatus, countable: bool) -> Effe
             };
         }
     };
+    let is_new = matches!(prev, None | Some(Exec::Early(_)));
     Effect {
-        started: prev.is_none() && countable,
-        finished: (tracked && status.is_terminal()).then_some(status),
-        handoff: tracked && status == ExecutionStatus::Handoff && last != Some(status),
+        started: is_new && countable,
+        finished: (tracked && status.is_terminal() && !failed_counted).then_some(status),
+        handoff: tracked
+            && status == ExecutionStatus::Handoff
+            && last != Some(status)
+            && !handoff_counted,
         unknown_status: status == ExecutionStatus::Unknown && last != Some(status),
         reappeared: false,
     }
@@ -287,6 +328,7 @@ fn unseen_to_pending(
     observed: &Observed<'_>,
     gone: &[String],
     keep_seen_without_start: bool,
+    now: Micros,
 ) -> u64 {
     let gone: HashSet<&str> = gone.iter().map(String::as_str).collect();
     let mut lost = 0;
@@ -305,6 +347,7 @@ fn unseen_to_pending(
             }
             Exec::Pending(_) => true,
             Exec::Seen(s) => keep_seen_without_start || s.is_some(),
+            Exec::Early(e) => e.occurred_at.saturating_add(EARLY_TTL) > now,
         }
     });
     lost
@@ -323,6 +366,13 @@ pub struct Tracker {
     anomalies: BTreeMap<&'static str, u64>,
     workflow_errors: BTreeMap<(Arc<str>, &'static str), u64>,
     interned: HashSet<Arc<str>>,
+    /// Executions webhooks told of in workflows no listing showed yet (project mode); merged
+    /// into the workflow at its first commit.
+    early_workflows: HashMap<Arc<str>, HashMap<String, Exec>>,
+    /// Finished executions, for late webhook events; `None` while webhooks are off.
+    recent: Option<events::RecentFinishes>,
+    /// Moves on whenever a counter does, so that of two copies the newer one wins.
+    generation: u64,
 }
 
 impl Tracker {
@@ -450,14 +500,21 @@ impl Tracker {
                 }
             }
         }
+        self.expire_events(now_us);
         self.release_unused();
         self.baseline.get_or_insert(now_us);
+        self.generation += 1;
     }
 
     fn commit_workflow(&mut self, f: WorkflowFetch, now: Micros) {
         let wf_id = self.intern(&f.workflow.id);
         self.forgotten.remove(&wf_id);
         let mut track = self.workflows.remove(&wf_id).unwrap_or_default();
+        if let Some(early) = self.early_workflows.remove(&wf_id) {
+            for (id, exec) in early {
+                track.execs.entry(id).or_insert(exec);
+            }
+        }
         let mut observed = Observed::new();
         observed.listing(&f.live);
         let live_duplicates = observed.duplicates;
@@ -512,11 +569,11 @@ impl Tracker {
             };
             let fx = effect(prev, row.status, countable);
             self.count(&wf_id, &fx);
-            let next = self.remembered(&wf_id, prev, row, start);
+            let next = self.remembered(&wf_id, prev, row, start, &fx, now);
             track.execs.insert((*id).to_owned(), next);
         }
         self.anomaly("implausible_timestamp", implausible);
-        let lost = unseen_to_pending(&mut track.execs, &observed, &f.gone, true);
+        let lost = unseen_to_pending(&mut track.execs, &observed, &f.gone, true, now);
         self.anomaly("outcome_lost", lost);
         if let Some(w) = window {
             let from = newest
@@ -555,6 +612,7 @@ impl Tracker {
     }
 
     fn count(&mut self, wf_id: &Arc<str>, fx: &Effect) {
+        self.generation += 1;
         if fx.started {
             *self.counters.started.entry(wf_id.clone()).or_default() += 1;
         }
@@ -583,12 +641,27 @@ impl Tracker {
         prev: Option<&Exec>,
         row: &Execution,
         start: Option<Micros>,
+        fx: &Effect,
+        now: Micros,
     ) -> Exec {
+        let handoff_mark = if fx.handoff {
+            Some(row.last_event_at.or(row.started_at).map_or(now, micros))
+        } else {
+            match prev {
+                Some(Exec::Live(e) | Exec::Pending(e)) => e.handoff_mark,
+                Some(Exec::Early(e)) => e.handoff_mark,
+                _ => None,
+            }
+        };
         if let Some(Exec::Seen(s)) = prev {
             // Finished is final: a row that says otherwise is counted as an anomaly only.
             return Exec::Seen(*s);
         }
-        if row.status.is_terminal() {
+        let failed_by_event = matches!(prev, Some(Exec::Early(e)) if e.failed);
+        if row.status.is_terminal() || failed_by_event {
+            if self.recent.is_some() {
+                self.remember_finish(&row.id, handoff_mark, now);
+            }
             return Exec::Seen(start);
         }
         let exec = LiveExec {
@@ -600,6 +673,7 @@ impl Tracker {
                 .map(|c| self.intern(c)),
             started_at: start,
             last_event_at: row.last_event_at.or(row.started_at).map(micros),
+            handoff_mark,
         };
         if row.status.is_live() {
             Exec::Live(exec)
@@ -658,8 +732,10 @@ impl Tracker {
         for wf_id in self.workflows.keys() {
             self.counters.zero_fill(wf_id);
         }
+        self.expire_events(now_us);
         self.release_unused();
         self.baseline.get_or_insert(now_us);
+        self.generation += 1;
     }
 
     fn commit_conversation(&mut self, conversation: &str, f: ConversationFetch, now: Micros) {
@@ -715,7 +791,7 @@ impl Tracker {
             }
             let fx = effect(prev, row.status, countable);
             self.count(&wf_id, &fx);
-            let mut next = self.remembered(&wf_id, prev, row, start);
+            let mut next = self.remembered(&wf_id, prev, row, start, &fx, now);
             if let Exec::Live(e) | Exec::Pending(e) = &mut next {
                 e.conversation_id = Some(conv_id.clone());
             }
@@ -724,7 +800,7 @@ impl Tracker {
         self.anomaly("implausible_timestamp", implausible);
         // A finished id with a start stays until the window passes it (a page skipped by
         // coarse cursors may show it again); without one it is never counted anyway.
-        let lost = unseen_to_pending(&mut track.execs, &observed, &f.gone, false);
+        let lost = unseen_to_pending(&mut track.execs, &observed, &f.gone, false, now);
         self.anomaly("outcome_lost", lost);
         let from = newest
             .map(|n| n.saturating_sub(MARGIN))
@@ -763,6 +839,39 @@ impl Tracker {
     /// Watched conversations whose last listing failed.
     fn conversations_down(&self) -> usize {
         self.conversations.values().filter(|c| !c.up).count()
+    }
+
+    /// The counters as `/metrics` shows them. Counters of forgotten workflows are kept, but
+    /// their series leave with the workflow; those of a workflow only webhooks told of show
+    /// at once.
+    pub fn counter_snapshot(&self) -> CounterSnapshot {
+        let known = |id: &Arc<str>| {
+            self.workflows.contains_key(id) || self.early_workflows.contains_key(id)
+        };
+        CounterSnapshot {
+            generation: self.generation,
+            started: self
+                .counters
+                .started
+                .iter()
+                .filter(|(id, _)| known(id))
+                .map(|(id, n)| (id.clone(), *n))
+                .collect(),
+            finished: self
+                .counters
+                .finished
+                .iter()
+                .filter(|((id, _), _)| known(id))
+                .map(|(k, n)| (k.clone(), *n))
+                .collect(),
+            handoffs: self
+                .counters
+                .handoffs
+                .iter()
+                .filter(|(id, _)| known(id))
+                .map(|(id, n)| (id.clone(), *n))
+                .collect(),
+        }
     }
 
     /// The metrics' view of what the tracker knows.
@@ -846,29 +955,7 @@ impl Tracker {
         }
         series.shrink_to_fit();
         snap.conversations = series;
-        // Counters of forgotten workflows are kept, but their series leave with the workflow.
-        let known = |id: &Arc<str>| self.workflows.contains_key(id);
-        snap.started = self
-            .counters
-            .started
-            .iter()
-            .filter(|(id, _)| known(id))
-            .map(|(id, n)| (id.clone(), *n))
-            .collect();
-        snap.finished = self
-            .counters
-            .finished
-            .iter()
-            .filter(|((id, _), _)| known(id))
-            .map(|(k, n)| (k.clone(), *n))
-            .collect();
-        snap.handoffs = self
-            .counters
-            .handoffs
-            .iter()
-            .filter(|(id, _)| known(id))
-            .map(|(id, n)| (id.clone(), *n))
-            .collect();
+        snap.counters = Arc::new(self.counter_snapshot());
         for (id, track) in &self.workflows {
             // Conversation mode keeps workflows for their names only: no health of their own.
             if track.last_success.is_some() {
@@ -903,5 +990,8 @@ impl Tracker {
     }
 }
 
+mod events;
 #[cfg(test)]
 mod tests;
+
+pub use events::{Applied, EARLY_TTL, Event, EventKind};

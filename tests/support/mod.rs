@@ -33,13 +33,19 @@ pub fn test_retry() -> RetryPolicy {
     }
 }
 
-/// A config from command-line flags, with `KAPSO_API_KEY` = [`KEY`].
+/// The webhook secret tests sign with (`KAPSO_WEBHOOK_SECRET` of [`config`]).
+pub const WEBHOOK_SECRET: &str = "whsec-test-0123456789";
+
+/// A config from command-line flags, with `KAPSO_API_KEY` = [`KEY`] and
+/// `KAPSO_WEBHOOK_SECRET` = [`WEBHOOK_SECRET`].
 pub fn config(args: &[&str]) -> Config {
     let mut all = vec!["kapso-exporter"];
     all.extend_from_slice(args);
     let cli = Cli::try_parse_from(all).unwrap();
-    Config::load(&cli, &|name| {
-        (name == "KAPSO_API_KEY").then(|| KEY.to_owned())
+    Config::load(&cli, &|name| match name {
+        "KAPSO_API_KEY" => Some(KEY.to_owned()),
+        "KAPSO_WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.to_owned()),
+        _ => None,
     })
     .unwrap()
 }

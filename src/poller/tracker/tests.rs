@@ -158,16 +158,18 @@ fn poll(t: &mut Tracker, wfs: &[&FakeWf], now: Micros) {
 fn counts(t: &Tracker, wf: &str) -> (u64, u64, u64, u64) {
     let s = t.snapshot(100);
     (
-        s.started.get(wf).copied().unwrap_or(0),
-        s.finished
+        s.counters.started.get(wf).copied().unwrap_or(0),
+        s.counters
+            .finished
             .get(&(Arc::from(wf), ExecutionStatus::Ended))
             .copied()
             .unwrap_or(0),
-        s.finished
+        s.counters
+            .finished
             .get(&(Arc::from(wf), ExecutionStatus::Failed))
             .copied()
             .unwrap_or(0),
-        s.handoffs.get(wf).copied().unwrap_or(0),
+        s.counters.handoffs.get(wf).copied().unwrap_or(0),
     )
 }
 
