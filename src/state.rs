@@ -13,7 +13,7 @@ use time::OffsetDateTime;
 use crate::kapso::{ApiStats, ExecutionStatus};
 
 /// A workflow as the metrics show it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct WorkflowMeta {
     pub name: String,
     pub status: String,

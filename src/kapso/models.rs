@@ -58,6 +58,12 @@ impl ExecutionStatus {
     }
 }
 
+impl serde::Serialize for ExecutionStatus {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
 impl<'de> Deserialize<'de> for ExecutionStatus {
     /// Any value that is not a known status string is `Unknown`: a status of the wrong type
     /// (a number, an object) must not fail the whole page.

@@ -24,6 +24,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::clock::{Micros, micros, plausible};
@@ -65,7 +66,7 @@ pub const ANOMALIES: [&str; 8] = [
 ];
 
 /// A live execution as remembered between polls.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LiveExec {
     pub workflow_id: Arc<str>,
     /// The status it was last seen in (`Unknown` for a status the exporter does not know).
@@ -81,7 +82,7 @@ pub struct LiveExec {
 }
 
 /// What the tracker knows of one execution id.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Exec {
     /// In a live list at the last poll.
     Live(LiveExec),
@@ -96,7 +97,7 @@ pub enum Exec {
 
 /// An execution a webhook told of before a poll listed it: the poll that lists it counts its
 /// start (by the window rule) but not what the events already counted.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct EarlyExec {
     /// Its failure was counted from a `workflow.execution.failed` event.
     pub failed: bool,
@@ -107,7 +108,7 @@ pub struct EarlyExec {
 }
 
 /// `execution_count` and `last_executed_at` of a workflow's previous listing.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Signals {
     pub execution_count: Option<u64>,
     pub last_executed_at: Option<Micros>,
@@ -123,7 +124,7 @@ impl Signals {
 }
 
 /// The memory of one workflow (project mode).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct WorkflowTrack {
     pub(super) meta: Option<WorkflowMeta>,
     /// Every id the workflow must remember.
@@ -175,7 +176,7 @@ impl WorkflowTrack {
 }
 
 /// The memory of one watched conversation (conversation mode).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct ConversationTrack {
     execs: HashMap<String, Exec>,
     /// Ids not known with a start from here on are new; `None` until the first commit.
@@ -210,9 +211,10 @@ pub struct ConversationFetch {
 /// A failed fetch: the error's kind label and message.
 pub type FetchError = (&'static str, String);
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct Counters {
     started: BTreeMap<Arc<str>, u64>,
+    #[serde(with = "saved::pairs")]
     finished: BTreeMap<(Arc<str>, ExecutionStatus), u64>,
     handoffs: BTreeMap<Arc<str>, u64>,
 }
@@ -353,8 +355,9 @@ fn unseen_to_pending(
     lost
 }
 
-/// The memory of one project's poller.
-#[derive(Clone, Debug, Default)]
+/// The memory of one project's poller. It is saved and restored whole (`--storage.path`):
+/// everything a later poll needs to count exactly is in it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Tracker {
     /// Local time of the first committed poll; `None` until then (nothing is counted then).
     baseline: Option<Micros>,
@@ -363,8 +366,11 @@ pub struct Tracker {
     forgotten: HashMap<Arc<str>, Micros>,
     conversations: BTreeMap<Arc<str>, ConversationTrack>,
     counters: Counters,
+    #[serde(with = "saved::anomalies")]
     anomalies: BTreeMap<&'static str, u64>,
+    #[serde(with = "saved::workflow_errors")]
     workflow_errors: BTreeMap<(Arc<str>, &'static str), u64>,
+    #[serde(skip)]
     interned: HashSet<Arc<str>>,
     /// Executions webhooks told of in workflows no listing showed yet (project mode); merged
     /// into the workflow at its first commit.
@@ -991,6 +997,7 @@ impl Tracker {
 }
 
 mod events;
+mod saved;
 #[cfg(test)]
 mod tests;
 

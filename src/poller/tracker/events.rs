@@ -69,7 +69,7 @@ pub enum Applied {
 }
 
 /// Finished executions, for late events: when each finished and its last counted handoff.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RecentFinishes {
     by_id: HashMap<String, (Micros, Option<Micros>)>,
     order: VecDeque<(Micros, String)>,
