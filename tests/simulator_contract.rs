@@ -279,6 +279,47 @@ async fn responses_match_the_published_schemas() {
         one,
     );
 
+    // Webhook registration: the 201, the list, and a 422.
+    let hooks = format!("{}/whatsapp/webhooks", api.base);
+    let register = |body: Value| {
+        api.client
+            .post(&hooks)
+            .header("X-API-Key", KEY)
+            .json(&body)
+            .send()
+    };
+    let created = register(json!({"whatsapp_webhook": {
+        "url": "https://receiver.example.test/webhooks/kapso",
+        "secret_key": "contract-secret",
+        "events": ["workflow.execution.failed", "workflow.execution.handoff"],
+    }}))
+    .await
+    .unwrap();
+    assert_eq!(created.status(), 201);
+    cases.add(
+        "register webhook",
+        PLATFORM,
+        "WhatsappWebhookResponse",
+        created.json().await.unwrap(),
+    );
+    let listed = api.get("whatsapp/webhooks", &[]).await.json();
+    cases.add(
+        "list webhooks",
+        PLATFORM,
+        "WhatsappWebhookListResponse",
+        listed,
+    );
+    let refused = register(json!({"whatsapp_webhook": {"url": "https://x.test/", "events": []}}))
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 422);
+    cases.add(
+        "error 422 webhook",
+        PLATFORM,
+        "ErrorResponse",
+        refused.json().await.unwrap(),
+    );
+
     let missing = "550e8400-e29b-41d4-a716-446655440000";
     for (name, key, path, query, status) in [
         (

@@ -1,12 +1,15 @@
 //! The HTTP face of the simulator: routes under `/platform/v1`, the per-request gate (latency,
 //! auth, rate limit, injected faults) and the JSON shapes of the published OpenAPI schemas.
 //!
-//! Endpoints (all `GET`; facts sheet §§2–7):
+//! Endpoints (`GET`; facts sheet §§2–7):
 //! - `/workflows` and `/workflows/{workflow_id}`
 //! - `/workflows/{workflow_id}/executions`
 //! - `/workflow_executions/{execution_id}`
 //! - `/whatsapp/conversations` and `/whatsapp/conversations/{conversation_id}`
 //! - `/whatsapp/conversations/{conversation_id}/flow_executions`
+//!
+//! and, for project webhooks (facts sheet §11; handlers in `webhooks.rs`),
+//! `GET|POST /whatsapp/webhooks` and `DELETE /whatsapp/webhooks/{webhook_id}`.
 //!
 //! What a body shows also depends on the world's [`Variance`]: timestamp precision and offset,
 //! fields left out or null, duplicated rows, overridden `started_at` values, hidden workflows.
@@ -63,7 +66,8 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(
             "/whatsapp/conversations/{conversation_id}/flow_executions",
             get(list_conversation_executions),
-        );
+        )
+        .merge(super::webhooks::routes());
     Router::new()
         .nest("/platform/v1", api)
         .fallback(not_found_route)

@@ -226,6 +226,15 @@ impl CursorColumn {
     }
 }
 
+/// `us` as RFC 3339 in UTC with exactly six fractional digits (`2026-05-15T13:05:00.250000Z`),
+/// the form of webhook `occurred_at` values.
+pub(crate) fn rfc3339_micros(us: i64) -> String {
+    let mut s = String::with_capacity(27);
+    // Writing into a String cannot fail.
+    let _ = write_time(&mut s, us, TimeFormat::default(), None, true);
+    s
+}
+
 /// Encodes a keyset position exactly like the documented examples: standard base64 (with
 /// padding) of `{"values":["<µs timestamp>","<id>"],"columns":["<column>","id"]}`. In another
 /// `format` the timestamp is truncated and written in it; decoding gives the truncated value,

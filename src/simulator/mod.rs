@@ -16,6 +16,12 @@
 //! injected [`Clock`], so a test sharing one manual clock with the exporter gets exact answers;
 //! rate-limit windows and latency use tokio's monotonic time.
 //!
+//! It also registers project webhooks (`POST /whatsapp/webhooks` or
+//! [`Simulator::register_webhook`]) and sends them `workflow.execution.failed` and
+//! `workflow.execution.handoff` events, one per failure and handoff that ground truth counts,
+//! signed and retried as Kapso does, driven by [`Simulator::deliver_due`] (or
+//! [`Simulator::run_webhook_delivery`]) and broken on demand by [`WebhookFaults`].
+//!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
 //! use kapso_exporter::clock::Clock;
@@ -32,13 +38,14 @@ mod codec;
 mod paging;
 mod traffic;
 mod variance;
+mod webhooks;
 mod world;
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -51,10 +58,15 @@ use tokio::task::JoinHandle;
 use crate::clock::Clock;
 use codec::{Uid, micros, parse_uuid};
 use traffic::Traffic;
+use webhooks::Webhooks;
 use world::World;
 
 pub use traffic::endpoints;
 pub use variance::{PRESETS, Precision, Precisions, Presence, StartOverride, Variance};
+pub use webhooks::{
+    DUPLICATE_DELAY, DeliveredEvent, DeliveryReport, EVENT_FAILED, EVENT_HANDOFF, EventCounts,
+    RETRY_DELAYS, WebhookFaults, WebhookOptions, WebhookStats, signature as webhook_signature,
+};
 
 /// How to populate and run a [`Simulator`].
 #[derive(Clone, Debug)]
@@ -331,6 +343,8 @@ pub(crate) struct Shared {
     traffic: Mutex<Traffic>,
     rate_limit: Option<u32>,
     latency: Duration,
+    webhooks: Mutex<Webhooks>,
+    webhook_client: OnceLock<reqwest::Client>,
 }
 
 impl Shared {
@@ -413,6 +427,8 @@ impl Simulator {
                 traffic: Mutex::new(Traffic::default()),
                 rate_limit: config.rate_limit_per_minute,
                 latency: config.latency,
+                webhooks: Mutex::new(Webhooks::new(config.seed)),
+                webhook_client: OnceLock::new(),
             }),
         }
     }
@@ -514,15 +530,21 @@ impl Simulator {
             }
             found
         });
-        Uid(world.start_execution(wf, conv, status, now)).to_string()
+        let id = world.start_execution(wf, conv, status, now);
+        self.flush_transitions(&mut world);
+        Uid(id).to_string()
     }
 
     /// Moves an execution to `status` now: last_event_at = now, ended_at = now for terminal
     /// statuses (null otherwise). Unknown ids are ignored.
     pub fn set_status(&self, execution_id: &str, status: ExecStatus) {
         let now = self.now_us();
-        let known =
-            parse_uuid(execution_id).is_some_and(|id| self.world().set_status(id, status, now));
+        let known = parse_uuid(execution_id).is_some_and(|id| {
+            let mut world = self.world();
+            let known = world.set_status(id, status, now);
+            self.flush_transitions(&mut world);
+            known
+        });
         if !known {
             tracing::warn!(execution_id, "set_status: unknown execution");
         }
@@ -612,8 +634,12 @@ impl Simulator {
     /// execution was live before. Unknown ids are ignored.
     pub fn set_unknown_status(&self, execution_id: &str, status: &str) {
         let now = self.now_us();
-        let known = parse_uuid(execution_id)
-            .is_some_and(|id| self.world().set_unknown_status(id, status, now));
+        let known = parse_uuid(execution_id).is_some_and(|id| {
+            let mut world = self.world();
+            let known = world.set_unknown_status(id, status, now);
+            self.flush_transitions(&mut world);
+            known
+        });
         if !known {
             tracing::warn!(execution_id, "set_unknown_status: unknown execution");
         }
@@ -655,7 +681,116 @@ impl Simulator {
     /// ones are deleted, and workflows drop out of some listings; ground truth follows.
     pub fn tick(&self, dt: Duration) {
         let now = self.now_us();
-        self.world().tick(now, dt);
+        let mut world = self.world();
+        world.tick(now, dt);
+        self.flush_transitions(&mut world);
+    }
+
+    /// Queues webhook events for the transitions the world recorded (lock order: world, then
+    /// webhooks).
+    fn flush_transitions(&self, world: &mut World) {
+        let transitions = world.take_transitions();
+        if !transitions.is_empty() {
+            let now = self.now_us();
+            lock(&self.shared.webhooks).enqueue(world.project_id, &transitions, now);
+        }
+    }
+
+    // ----- webhooks --------------------------------------------------------------------
+
+    /// Registers an active Kapso-kind project webhook (payload v2, no custom headers) for
+    /// `events` (see [`EVENT_FAILED`], [`EVENT_HANDOFF`]), as `POST /whatsapp/webhooks` does;
+    /// returns its id. Only transitions from now on send events.
+    pub fn register_webhook(&self, url: &str, secret: &str, events: &[&str]) -> String {
+        let now = self.now_us();
+        let mut world = self.world();
+        world.record_transitions();
+        let id = lock(&self.shared.webhooks).register(url, secret, events, now);
+        Uid(id).to_string()
+    }
+
+    /// Deletes a webhook and its queued attempts; `false` if the id is unknown.
+    pub fn delete_webhook(&self, webhook_id: &str) -> bool {
+        parse_uuid(webhook_id).is_some_and(|id| lock(&self.shared.webhooks).remove(id))
+    }
+
+    /// Replaces the webhook delivery faults.
+    pub fn set_webhook_faults(&self, faults: WebhookFaults) {
+        lock(&self.shared.webhooks).faults = faults;
+    }
+
+    /// Replaces the webhook retry scale and timeout.
+    pub fn set_webhook_options(&self, options: WebhookOptions) {
+        lock(&self.shared.webhooks).options = options;
+    }
+
+    /// Webhook statistics since the simulator was created.
+    pub fn webhook_stats(&self) -> WebhookStats {
+        lock(&self.shared.webhooks).stats()
+    }
+
+    /// Every successful webhook delivery so far, in the order the 2xx answers came.
+    pub fn webhook_deliveries(&self) -> Vec<DeliveredEvent> {
+        lock(&self.shared.webhooks).delivered()
+    }
+
+    /// Sends every webhook attempt due at the clock's current instant, one after the other
+    /// (queue order: due time, then the order events were queued; shuffled under
+    /// [`WebhookFaults::reorder`]), and waits for each answer or its timeout. A 2xx delivers;
+    /// anything else is retried [`RETRY_DELAYS`] (scaled) after this instant, and dropped
+    /// after the 4th attempt. Attempts that fall due while it runs wait for the next call.
+    pub async fn deliver_due(&self) -> DeliveryReport {
+        let now = self.now_us();
+        let (due, timeout) = {
+            let mut hooks = lock(&self.shared.webhooks);
+            (hooks.take_due(now), hooks.options.timeout)
+        };
+        if due.is_empty() {
+            let pending = lock(&self.shared.webhooks).stats().pending;
+            return DeliveryReport {
+                pending,
+                ..DeliveryReport::default()
+            };
+        }
+        let client = self
+            .shared
+            .webhook_client
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .no_proxy()
+                    .build()
+                    .unwrap_or_default()
+            })
+            .clone();
+        let mut results = Vec::with_capacity(due.len());
+        for p in due {
+            let outcome = webhooks::send(&client, &p, timeout).await;
+            results.push((p, outcome));
+        }
+        lock(&self.shared.webhooks).finish(now, results)
+    }
+
+    /// Calls [`Simulator::deliver_due`] every `every` until the returned task is aborted. For
+    /// `--demo` and the benchmark on the system clock.
+    pub fn run_webhook_delivery(&self, every: Duration) -> JoinHandle<()> {
+        let sim = self.clone();
+        tokio::spawn(async move {
+            let mut interval = tokio::time::interval(every.max(Duration::from_millis(10)));
+            interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                interval.tick().await;
+                sim.deliver_due().await;
+            }
+        })
+    }
+
+    /// What `--demo` needs to push webhooks to the exporter: registers a webhook for `url`
+    /// (e.g. `http://127.0.0.1:9899/webhooks/kapso`) signed with `secret`, subscribed to both
+    /// workflow events, and starts [`Simulator::run_webhook_delivery`] every second. Returns
+    /// the webhook id and the driver (abort it to stop).
+    pub fn start_webhooks(&self, url: &str, secret: &str) -> (String, JoinHandle<()>) {
+        let id = self.register_webhook(url, secret, &[EVENT_FAILED, EVENT_HANDOFF]);
+        (id, self.run_webhook_delivery(Duration::from_secs(1)))
     }
 
     /// Sets how many executions finish per minute in [`Simulator::tick`] (88 % end, 12 % fail).

@@ -124,6 +124,10 @@ pub mod endpoints {
     /// `GET /whatsapp/conversations/{conversation_id}/flow_executions`
     pub const CONVERSATION_EXECUTIONS: &str =
         "/whatsapp/conversations/{conversation_id}/flow_executions";
+    /// `GET|POST /whatsapp/webhooks`
+    pub const WEBHOOKS: &str = "/whatsapp/webhooks";
+    /// `DELETE /whatsapp/webhooks/{webhook_id}`
+    pub const WEBHOOK: &str = "/whatsapp/webhooks/{webhook_id}";
     /// Any other path.
     pub const OTHER: &str = "other";
 }
@@ -142,6 +146,8 @@ pub(crate) fn endpoint_of(path: &str) -> &'static str {
         ["whatsapp", "conversations"] => endpoints::CONVERSATIONS,
         ["whatsapp", "conversations", _] => endpoints::CONVERSATION,
         ["whatsapp", "conversations", _, "flow_executions"] => endpoints::CONVERSATION_EXECUTIONS,
+        ["whatsapp", "webhooks"] => endpoints::WEBHOOKS,
+        ["whatsapp", "webhooks", _] => endpoints::WEBHOOK,
         _ => endpoints::OTHER,
     }
 }

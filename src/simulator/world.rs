@@ -193,6 +193,22 @@ pub(crate) struct World {
     pub start_overrides: HashMap<u128, StartOverride>,
     /// `GET /workflows` listings that will still answer with no workflows.
     empty_listings: u32,
+    /// Transitions into `failed` and `handoff`, recorded for webhooks while `Some` (set when
+    /// a webhook is registered); drained by [`World::take_transitions`].
+    transitions: Option<Vec<Transition>>,
+}
+
+/// One counted entry into `failed` or `handoff`, for a webhook event: exactly one per
+/// increment of the `finished[failed]` and `handoffs` counters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Transition {
+    /// `failed` (else `handoff`).
+    pub failed: bool,
+    /// The world instant of the transition (the execution's `last_event_at` after it).
+    pub at_us: i64,
+    pub workflow_id: u128,
+    pub execution_id: u128,
+    pub conversation_id: Option<u128>,
 }
 
 /// An event `tick` applies at a given time.
@@ -267,6 +283,7 @@ impl World {
             paused: Vec::new(),
             start_overrides: HashMap::new(),
             empty_listings: 0,
+            transitions: None,
         }
     }
 
@@ -505,7 +522,7 @@ impl World {
             ended,
             tracking,
         );
-        self.count_start(workflow, status);
+        self.count_start(ix, status);
         self.executions[ix as usize].id
     }
 
@@ -829,15 +846,52 @@ impl World {
         }
     }
 
-    fn count_start(&mut self, workflow: u32, status: ExecStatus) {
-        let w = workflow as usize;
+    /// Counts a new execution as started, and as a handoff or finish when it starts in one.
+    fn count_start(&mut self, ix: u32, status: ExecStatus) {
+        let e = &self.executions[ix as usize];
+        let (w, at_us) = (e.workflow as usize, e.started_us);
         self.counters.started[w] += 1;
         match status {
-            ExecStatus::Handoff => self.counters.handoffs[w] += 1,
+            ExecStatus::Handoff => {
+                self.counters.handoffs[w] += 1;
+                self.record_transition(ix, false, at_us);
+            }
             ExecStatus::Ended => self.counters.finished[w][0] += 1,
-            ExecStatus::Failed => self.counters.finished[w][1] += 1,
+            ExecStatus::Failed => {
+                self.counters.finished[w][1] += 1;
+                self.record_transition(ix, true, at_us);
+            }
             ExecStatus::Running | ExecStatus::Waiting => {}
         }
+    }
+
+    /// Records a counted entry into `failed` (or `handoff`) while webhooks listen. Draws
+    /// nothing from the world's rng, so the evolution is the same with or without webhooks.
+    fn record_transition(&mut self, ix: u32, failed: bool, at_us: i64) {
+        let Some(list) = self.transitions.as_mut() else {
+            return;
+        };
+        let e = &self.executions[ix as usize];
+        list.push(Transition {
+            failed,
+            at_us,
+            workflow_id: self.workflows[e.workflow as usize].id,
+            execution_id: e.id,
+            conversation_id: e.conversation.map(|c| self.conversations[c as usize].id),
+        });
+    }
+
+    /// Starts recording transitions for webhooks (idempotent).
+    pub fn record_transitions(&mut self) {
+        self.transitions.get_or_insert_with(Vec::new);
+    }
+
+    /// The transitions recorded since the last call, in the order they happened.
+    pub fn take_transitions(&mut self) -> Vec<Transition> {
+        self.transitions
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Moves an execution to a spec status. From an unknown status, `old` is the status it
@@ -884,9 +938,14 @@ impl World {
         let w = workflow as usize;
         if status == ExecStatus::Handoff {
             self.counters.handoffs[w] += 1;
+            self.record_transition(ix, false, at_us);
         }
         if status.is_terminal() && !old.is_terminal() {
-            self.counters.finished[w][usize::from(status == ExecStatus::Failed)] += 1;
+            let failed = status == ExecStatus::Failed;
+            self.counters.finished[w][usize::from(failed)] += 1;
+            if failed {
+                self.record_transition(ix, true, at_us);
+            }
         }
     }
 
@@ -1075,8 +1134,8 @@ impl World {
                 };
                 let started = self.next_start(t);
                 let tracking = self.random_tracking(conv);
-                self.insert_execution(wf, conv, status, started, started, None, tracking);
-                self.count_start(wf, status);
+                let ix = self.insert_execution(wf, conv, status, started, started, None, tracking);
+                self.count_start(ix, status);
             }
             Event::End => {
                 let from = match self.rng.random_range(0..100) {
@@ -1590,6 +1649,52 @@ mod tests {
             Some(NOW + 40_000_000)
         );
         check_indexes(&w);
+    }
+
+    #[test]
+    fn transitions_are_recorded_once_per_counted_failure_and_handoff() {
+        let mut w = World::populated(&config(200), NOW);
+        w.variance.unknown_statuses = true;
+        let mut now = NOW;
+        w.tick(now + 15_000_000, Duration::from_secs(15));
+        assert!(w.take_transitions().is_empty(), "not recording yet");
+        w.record_transitions();
+        w.mark();
+        let mut transitions = Vec::new();
+        for _ in 0..80 {
+            now += 15_000_000;
+            w.tick(now, Duration::from_secs(15));
+            transitions.extend(w.take_transitions());
+        }
+        let wfi = w.workflow_index(w.workflows[0].id).expect("known");
+        let a = w.start_execution(wfi, None, ExecStatus::Failed, now);
+        let b = w.start_execution(wfi, None, ExecStatus::Waiting, now);
+        w.set_status(b, ExecStatus::Handoff, now + 1);
+        w.set_unknown_status(b, "paused", now + 2);
+        w.set_status(b, ExecStatus::Handoff, now + 3);
+        w.set_status(a, ExecStatus::Failed, now + 4);
+        let scripted = w.take_transitions();
+        assert_eq!(
+            scripted.iter().map(|t| t.failed).collect::<Vec<_>>(),
+            [true, false, false]
+        );
+        transitions.extend(scripted);
+        let truth = w.ground_truth();
+        for (i, wf) in w.workflows.iter().enumerate() {
+            let id = Uid(wf.id).to_string();
+            let of = |failed: bool| {
+                transitions
+                    .iter()
+                    .filter(|t| t.workflow_id == wf.id && t.failed == failed)
+                    .count() as u64
+            };
+            assert_eq!(
+                of(true),
+                truth.finished[&(id.clone(), ExecStatus::Failed)],
+                "{i}"
+            );
+            assert_eq!(of(false), truth.handoffs[&id], "{i}");
+        }
     }
 
     #[test]
