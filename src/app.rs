@@ -135,6 +135,8 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
     let cancel = CancellationToken::new();
     let tasks = Tasks::default();
     let mut supervisor = Supervisor::new(tasks.clone(), cancel.clone());
+    // With --demo, the simulator and the secret its webhooks are signed with.
+    let mut demo_webhooks = None;
     if config.demo {
         let variance = config.demo_variance.clone();
         let demo = SimulatorConfig {
@@ -161,6 +163,7 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
             p.api_key = key.clone();
             p.webhook_secret = Some(crate::webhook::WebhookSecret::new(secret.clone()));
         }
+        demo_webhooks = Some((sim.clone(), secret));
         let mut ticker = sim.run_ticker(Duration::from_secs(1));
         let token = cancel.clone();
         supervisor.spawn("simulator", async move {
@@ -234,6 +237,35 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
         if let Some(addr) = webhook_addr {
             tracing::info!(address = %addr, web = %w.web.describe(), "receiving Kapso webhooks on POST /webhooks/kapso");
         }
+    }
+    if let (Some((sim, secret)), Some(addr)) = (demo_webhooks, webhook_addr) {
+        // The demo simulator pushes its failures and handoffs to the exporter, as Kapso would.
+        let scheme = if config.webhook.as_ref().is_some_and(|w| w.web.tls.is_some()) {
+            "https"
+        } else {
+            "http"
+        };
+        let host = if addr.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], addr.port()))
+        } else {
+            addr
+        };
+        let url = format!("{scheme}://{host}/webhooks/kapso");
+        let (_, mut driver) = sim.start_webhooks(&url, &secret);
+        tracing::info!(url = %url, "demo: the simulator sends its webhooks here");
+        let token = cancel.clone();
+        supervisor.spawn("simulator-webhooks", async move {
+            tokio::select! {
+                _ = token.cancelled() => driver.abort(),
+                ended = &mut driver => {
+                    if let Err(e) = ended {
+                        if e.is_panic() {
+                            std::panic::resume_unwind(e.into_panic());
+                        }
+                    }
+                }
+            }
+        });
     }
     tracing::info!(web = %config.web.describe(), max_connections = config.web_limits.max_connections, "HTTP server configured");
     tracing::info!(address = %addr, path = %config.telemetry_path, "serving metrics");

@@ -39,11 +39,16 @@ fn known(kinds: &[&'static str], name: &str) -> Option<&'static str> {
 pub mod anomalies {
     use super::*;
 
-    pub fn serialize<S: Serializer>(map: &BTreeMap<&'static str, u64>, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(
+        map: &BTreeMap<&'static str, u64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
         s.collect_map(map.iter())
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<&'static str, u64>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<&'static str, u64>, D::Error> {
         let raw = BTreeMap::<String, u64>::deserialize(d)?;
         Ok(raw
             .into_iter()
