@@ -2,6 +2,7 @@
 //! runs them, supervised (see [`crate::supervisor`]), until SIGTERM or SIGINT.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -14,8 +15,9 @@ use crate::kapso::{ApiKey, Client, RetryPolicy};
 use crate::poller::{self, Poller};
 use crate::simulator::{Simulator, SimulatorConfig};
 use crate::state::{ProjectState, SharedProject};
+use crate::storage::Store;
 use crate::supervisor::{Supervisor, TaskCollector, Tasks};
-use crate::webhook::{Endpoint, Receiver};
+use crate::webhook::{Dedupe, Endpoint, Receiver};
 use crate::{http, metrics};
 
 /// How long in-flight scrapes may take to finish after a shutdown signal.
@@ -49,6 +51,7 @@ fn build_with(
 ) -> anyhow::Result<Exporter> {
     let mut pollers = Vec::new();
     let mut projects = Vec::new();
+    let mut deliveries = Vec::new();
     for p in &config.projects {
         let client = Client::new(
             p.base_url.clone(),
@@ -61,20 +64,22 @@ fn build_with(
         let state =
             ProjectState::new(&p.name, p.poll_interval, p.rate_limit, client.stats()).shared();
         projects.push(state.clone());
-        pollers.push(Poller::new(
-            p,
-            client,
-            clock.clone(),
-            state,
-            config.max_conversations,
-        ));
+        let mut poller = Poller::new(p, client, clock.clone(), state, config.max_conversations);
+        let window = Arc::new(Mutex::new(Dedupe::default()));
+        if let Some(dir) = &config.storage_path {
+            let store = Store::new(dir, &p.name, &p.api_key);
+            poller.restore_from(store, config.webhook.is_some().then(|| window.clone()));
+        }
+        deliveries.push(window);
+        pollers.push(poller);
     }
     let webhooks = config.webhook.as_ref().map(|listener| {
         let endpoints = pollers
             .iter()
             .zip(&config.projects)
             .zip(&projects)
-            .filter_map(|((poller, p), state)| {
+            .zip(&deliveries)
+            .filter_map(|(((poller, p), state), window)| {
                 poller::lock(&poller.tracker()).enable_events();
                 Some(Endpoint {
                     project: p.name.clone(),
@@ -82,6 +87,7 @@ fn build_with(
                     tracker: poller.tracker(),
                     state: state.clone(),
                     conversation_mode: poller.conversation_mode(),
+                    deliveries: window.clone(),
                 })
             })
             .collect();
@@ -188,6 +194,10 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
     let addr = listener
         .local_addr()
         .context("failed to read the listen address")?;
+    if let Some(dir) = &config.storage_path {
+        crate::storage::prepare(dir)
+            .with_context(|| format!("cannot use --storage.path {}", dir.display()))?;
+    }
     let webhook_listener = match &config.webhook {
         Some(w) => Some(
             TcpListener::bind(w.address)

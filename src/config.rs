@@ -91,6 +91,9 @@ pub struct Cli {
     /// File holding the webhook secret (instead of the KAPSO_WEBHOOK_SECRET environment variable)
     #[arg(long = "webhook.secret-file", value_name = "PATH")]
     pub webhook_secret_file: Option<PathBuf>,
+    /// Directory where each project's counting state is saved, so counters survive restarts; off by default
+    #[arg(long = "storage.path", value_name = "DIR")]
+    pub storage_path: Option<PathBuf>,
     /// Path under which to expose metrics [default: /metrics]
     #[arg(long = "web.telemetry-path", value_name = "PATH")]
     pub telemetry_path: Option<String>,
@@ -152,6 +155,8 @@ pub struct Config {
     pub demo_variance: Variance,
     /// The webhook listener, when on (`--webhook.listen-address`, or `--demo`).
     pub webhook: Option<WebhookListener>,
+    /// Where counting state is saved (`--storage.path`).
+    pub storage_path: Option<PathBuf>,
 }
 
 /// The second listener, for Kapso's webhooks.
@@ -243,6 +248,14 @@ struct FileConfig {
     projects: Vec<FileProject>,
     #[serde(default)]
     webhook: FileWebhook,
+    #[serde(default)]
+    storage: FileStorage,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileStorage {
+    path: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -576,6 +589,18 @@ impl Config {
                 Some(WebhookListener { address, web })
             }
         };
+        let storage_path = cli
+            .storage_path
+            .clone()
+            .or(file.storage.path.map(|p| resolve(&base, &p)));
+        if let Some(path) = &storage_path {
+            if path.as_os_str().is_empty() || (path.exists() && !path.is_dir()) {
+                return Err(err(format!(
+                    "--storage.path {} must be a directory",
+                    path.display()
+                )));
+            }
+        }
         Ok(Config {
             projects,
             listen_address,
@@ -589,6 +614,7 @@ impl Config {
             demo: cli.demo,
             demo_variance,
             webhook,
+            storage_path,
         })
     }
 }

@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod poller;
 pub mod simulator;
 pub mod state;
+pub mod storage;
 pub mod supervisor;
 pub mod web_config;
 pub mod webhook;

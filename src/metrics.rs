@@ -106,6 +106,7 @@ struct View {
     requests: Vec<((&'static str, String), u64)>,
     remaining: Option<u64>,
     paused_for: Option<f64>,
+    storage: Option<crate::state::StorageStats>,
 }
 
 impl View {
@@ -131,6 +132,7 @@ impl View {
             requests: p.api.requests().into_iter().collect(),
             remaining: p.api.rate_limit_remaining(),
             paused_for: p.api.paused_for().map(|d| d.as_secs_f64()),
+            storage: p.storage.clone(),
         }
     }
 }
@@ -465,7 +467,7 @@ impl KapsoCollector {
                     .filter_map(|v| f(v).map(|x| (vec![("project", v.name.clone())], x)))
                     .collect()
             };
-        let gauges: [(&str, &str, Series); 11] = [
+        let gauges: [(&str, &str, Series); 15] = [
             (
                 "kapso_up",
                 "1 when the last poll read the workflow list and no request failed for a reason that concerns the whole API key, else 0.",
@@ -517,6 +519,31 @@ impl KapsoCollector {
                 per_project(&|v| Some(v.paused_for.map_or(0.0, |d| now_secs + d))),
             ),
             (
+                "kapso_storage_restored",
+                "1 when the project's counters continued from the state saved in --storage.path at start, 0 when they started fresh.",
+                per_project(&|v| v.storage.as_ref().map(|s| f64::from(u8::from(s.restored)))),
+            ),
+            (
+                "kapso_storage_last_write_timestamp_seconds",
+                "Unix time of the last successful write of the project's state to --storage.path.",
+                per_project(&|v| {
+                    v.storage
+                        .as_ref()?
+                        .last_write
+                        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
+                }),
+            ),
+            (
+                "kapso_storage_last_write_bytes",
+                "Size of the project's state file at its last successful write.",
+                per_project(&|v| v.storage.as_ref().map(|s| s.last_bytes as f64)),
+            ),
+            (
+                "kapso_storage_last_write_duration_seconds",
+                "How long the last write of the project's state took (encoding and fsync).",
+                per_project(&|v| v.storage.as_ref()?.last_duration.map(|d| d.as_secs_f64())),
+            ),
+            (
                 "kapso_conversations_failed",
                 "Watched conversations whose last listing failed; their series show an older state.",
                 per_project(&|v| Some(v.snapshot.conversations_down as f64)),
@@ -535,7 +562,16 @@ impl KapsoCollector {
         let mut errors = Vec::new();
         let mut requests = Vec::new();
         let mut anomalies = Vec::new();
+        let mut writes = Vec::new();
         for v in views {
+            if let Some(s) = &v.storage {
+                for (result, n) in [("success", s.writes_ok), ("error", s.writes_failed)] {
+                    writes.push((
+                        vec![("project", v.name.clone()), ("result", result.to_owned())],
+                        n,
+                    ));
+                }
+            }
             for (kind, n) in &v.snapshot.anomalies {
                 anomalies.push((
                     vec![("project", v.name.clone()), ("kind", (*kind).to_owned())],
@@ -581,6 +617,11 @@ impl KapsoCollector {
                 "kapso_api_anomalies",
                 "Answers of the Kapso API the exporter had to work around, by kind.",
                 anomalies,
+            ),
+            (
+                "kapso_storage_writes",
+                "Writes of the project's state to --storage.path, by result.",
+                writes,
             ),
         ];
         for (name, help, series) in &counters {

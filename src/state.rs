@@ -81,6 +81,18 @@ pub struct Snapshot {
     pub conversations_down: usize,
 }
 
+/// What `--storage.path` did for one project.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct StorageStats {
+    /// Whether the counters continued from a saved state at start.
+    pub restored: bool,
+    pub writes_ok: u64,
+    pub writes_failed: u64,
+    pub last_write: Option<OffsetDateTime>,
+    pub last_bytes: u64,
+    pub last_duration: Option<Duration>,
+}
+
 /// The state of one project.
 #[derive(Debug)]
 pub struct ProjectState {
@@ -102,6 +114,8 @@ pub struct ProjectState {
     pub polls_success: u64,
     pub polls_error: u64,
     pub errors: BTreeMap<&'static str, u64>,
+    /// With `--storage.path`.
+    pub storage: Option<StorageStats>,
 }
 
 /// A shared handle on one project's state.
@@ -125,6 +139,7 @@ impl ProjectState {
             polls_success: 0,
             polls_error: 0,
             errors: BTreeMap::new(),
+            storage: None,
         }
     }
 
@@ -139,7 +154,8 @@ impl ProjectState {
         }
     }
 
-    fn replace_snapshot(&mut self, snapshot: Snapshot) {
+    /// Serves `snapshot`, and its counters unless newer ones are served.
+    pub fn replace_snapshot(&mut self, snapshot: Snapshot) {
         self.update_counters(snapshot.counters.clone());
         self.snapshot = Arc::new(snapshot);
     }

@@ -21,7 +21,6 @@
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -36,7 +35,7 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::clock::{Clock, Micros, micros, plausible};
@@ -123,19 +122,48 @@ pub struct Endpoint {
     pub tracker: SharedTracker,
     pub state: SharedProject,
     pub conversation_mode: bool,
+    /// Shared with the poller, which saves it with the project's state.
+    pub deliveries: Arc<Mutex<Dedupe>>,
 }
 
-/// Deliveries seen within [`DEDUPE_FOR`], at most [`DEDUPE_MAX`], by hashed key.
-#[derive(Debug, Default)]
+/// Deliveries seen within [`DEDUPE_FOR`], at most [`DEDUPE_MAX`], by key. Keys are kept as
+/// 64 bits of a SHA-256 salted per window (so that nobody can aim collisions at them), and
+/// saved with the project's state (`--storage.path`).
+#[derive(Debug, Serialize, Deserialize)]
 pub struct Dedupe {
-    keys: HashSet<u64>,
+    salt: [u8; 16],
     order: VecDeque<(Micros, u64)>,
-    hasher: RandomState,
+    /// The hashes of `order`; rebuilt after loading.
+    #[serde(skip)]
+    keys: HashSet<u64>,
+}
+
+impl Default for Dedupe {
+    fn default() -> Self {
+        Self {
+            salt: rand::random(),
+            order: VecDeque::new(),
+            keys: HashSet::new(),
+        }
+    }
 }
 
 impl Dedupe {
+    fn hash(&self, key: &str) -> u64 {
+        let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        ctx.update(&self.salt);
+        ctx.update(key.as_bytes());
+        let digest = ctx.finish();
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest.as_ref()[..8]);
+        u64::from_le_bytes(first)
+    }
+
     /// Whether any of `keys` was seen; if none was, they are remembered from `now`.
     fn check(&mut self, keys: &[&str], now: Micros) -> bool {
+        if self.keys.len() != self.order.len() {
+            self.keys = self.order.iter().map(|(_, h)| *h).collect();
+        }
         let window = i64::try_from(DEDUPE_FOR.as_micros()).unwrap_or(i64::MAX);
         let room = 2 * DEDUPE_MAX - keys.len().min(2 * DEDUPE_MAX);
         while let Some(&(at, key)) = self.order.front() {
@@ -145,7 +173,7 @@ impl Dedupe {
             self.order.pop_front();
             self.keys.remove(&key);
         }
-        let hashed: Vec<u64> = keys.iter().map(|k| self.hasher.hash_one(k)).collect();
+        let hashed: Vec<u64> = keys.iter().map(|k| self.hash(k)).collect();
         if hashed.iter().any(|h| self.keys.contains(h)) {
             return true;
         }
@@ -159,11 +187,11 @@ impl Dedupe {
 
     /// Keys remembered now.
     pub fn len(&self) -> usize {
-        self.keys.len()
+        self.order.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
+        self.order.is_empty()
     }
 }
 
@@ -187,7 +215,6 @@ struct Stats {
 
 struct Project {
     endpoint: Endpoint,
-    dedupe: Mutex<Dedupe>,
     stats: Mutex<Stats>,
 }
 
@@ -260,7 +287,6 @@ impl Receiver {
                     e.project.clone(),
                     Project {
                         endpoint: e,
-                        dedupe: Mutex::default(),
                         stats: Mutex::new(stats),
                     },
                 )
@@ -372,7 +398,7 @@ impl Receiver {
             .map(|k| format!("key\n{}", k.trim()));
         let mut keys = vec![content_key.as_str()];
         keys.extend(idempotency.as_deref());
-        if lock(&p.dedupe).check(&keys, now) {
+        if lock(&p.endpoint.deliveries).check(&keys, now) {
             return "duplicate";
         }
         let event = Event {
@@ -472,7 +498,7 @@ impl Collector for WebhookCollector {
                     handoff_sources: s.handoff_sources.clone(),
                     failures: VecDeque::new(),
                 };
-                (name.as_str(), copy, lock(&p.dedupe).len())
+                (name.as_str(), copy, lock(&p.endpoint.deliveries).len())
             })
             .collect();
         let unknown = *lock(&inner.unknown);

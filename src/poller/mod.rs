@@ -34,7 +34,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::{Clock, from_micros};
 use crate::config::{Mode, ProjectConfig};
 use crate::kapso::{ApiError, Client, Execution, ExecutionFilter, ExecutionStatus, Workflow};
-use crate::state::{self, SharedProject};
+use crate::state::{self, SharedProject, StorageStats};
+use crate::storage::{Loaded, SavedRef, Store};
+use crate::webhook::Dedupe;
 use tracker::{ConversationFetch, FetchError, Tracker, WorkflowFetch};
 
 /// A project's tracker, shared by its poller and its webhook receiver. Never held across an
@@ -80,6 +82,10 @@ pub struct Poller {
     state: SharedProject,
     tracker: SharedTracker,
     max_conversations: usize,
+    /// Where the tracker is saved (`--storage.path`).
+    storage: Option<Store>,
+    /// The webhook dedupe window, saved with the tracker.
+    deliveries: Option<Arc<Mutex<Dedupe>>>,
 }
 
 impl Poller {
@@ -99,6 +105,88 @@ impl Poller {
             state,
             tracker: Arc::new(Mutex::new(Tracker::new())),
             max_conversations,
+            storage: None,
+            deliveries: None,
+        }
+    }
+
+    /// Saves the tracker in `store` after every successful poll and at shutdown, and restores
+    /// what `store` holds now (see [`crate::storage`]): counters continue from their saved
+    /// values and the saved state is served, with its age, until the first poll.
+    pub fn restore_from(&mut self, store: Store, deliveries: Option<Arc<Mutex<Dedupe>>>) {
+        store.clean_temporaries();
+        let now = self.clock.now();
+        let mut stats = StorageStats::default();
+        match store.load(now) {
+            Loaded::Restored(saved, saved_at) => {
+                let mut saved = *saved;
+                // Nothing is up to date until a poll says so.
+                saved.tracker.mark_workflows_stale();
+                let snapshot = saved.tracker.snapshot(self.max_conversations);
+                *lock(&self.tracker) = saved.tracker;
+                if let (Some(d), Some(window)) = (&deliveries, saved.deliveries) {
+                    *d.lock().unwrap_or_else(|e| e.into_inner()) = window;
+                }
+                let age = (now - saved_at).unsigned_abs();
+                tracing::info!(project = %self.name, file = %store.path().display(), saved_at = %saved_at, age = %humantime::format_duration(Duration::from_secs(age.as_secs())), "restored the counting state: counters continue");
+                stats.restored = true;
+                let mut st = state::write(&self.state);
+                st.replace_snapshot(snapshot);
+                st.last_success = Some(saved_at);
+            }
+            Loaded::Nothing => {
+                tracing::info!(project = %self.name, file = %store.path().display(), "no saved counting state yet: counters start at 0");
+            }
+            Loaded::Fresh(why) => {
+                tracing::warn!(project = %self.name, file = %store.path().display(), reason = %why, "cannot use the saved counting state: counters start at 0");
+            }
+        }
+        state::write(&self.state).storage = Some(stats);
+        self.storage = Some(store);
+        self.deliveries = deliveries;
+    }
+
+    /// Writes the tracker (and the dedupe window) to the store, if there is one. The state is
+    /// encoded under the tracker's lock and written on a blocking thread; a failure is logged
+    /// and counted, and polling goes on.
+    pub async fn save(&self) {
+        let Some(store) = self.storage.clone() else {
+            return;
+        };
+        let started = std::time::Instant::now();
+        let now = self.clock.now();
+        let bytes = {
+            let tracker = lock(&self.tracker);
+            let deliveries = self
+                .deliveries
+                .as_ref()
+                .map(|d| d.lock().unwrap_or_else(|e| e.into_inner()));
+            store.encode(
+                &SavedRef {
+                    tracker: &tracker,
+                    deliveries: deliveries.as_deref(),
+                },
+                now,
+            )
+        };
+        let size = bytes.len() as u64;
+        let written = tokio::task::spawn_blocking(move || store.write(&bytes))
+            .await
+            .unwrap_or_else(|e| Err(std::io::Error::other(e.to_string())));
+        let took = started.elapsed();
+        let mut st = state::write(&self.state);
+        let stats = st.storage.get_or_insert_with(StorageStats::default);
+        match written {
+            Ok(()) => {
+                stats.writes_ok += 1;
+                stats.last_write = Some(now);
+                stats.last_bytes = size;
+                stats.last_duration = Some(took);
+            }
+            Err(e) => {
+                stats.writes_failed += 1;
+                tracing::warn!(project = %self.name, error = %e, "cannot save the counting state; polling goes on");
+            }
         }
     }
 
@@ -123,14 +211,20 @@ impl Poller {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = cancel.cancelled() => return,
+                _ = cancel.cancelled() => break,
                 _ = ticks.tick() => {}
             }
             tokio::select! {
-                _ = cancel.cancelled() => return,
-                _ = self.poll_once() => {}
+                _ = cancel.cancelled() => break,
+                polled = self.poll_once() => {
+                    if polled.is_ok() {
+                        self.save().await;
+                    }
+                }
             }
         }
+        // At shutdown, what the last polls and webhooks counted.
+        self.save().await;
     }
 
     /// One complete poll: what was read commits, and the project's snapshot is replaced; on
