@@ -22,7 +22,15 @@ async fn harness() -> Harness {
     sim.start_execution(&wf, Some(&conv), ExecStatus::Waiting);
     sim.start_execution(&plain, Some(&conv), ExecStatus::Handoff);
     clock.advance(std::time::Duration::from_secs(100));
-    let mut h = Harness::new(sim, clock, &[]).await;
+    // Webhooks and storage on, so that their families are served too.
+    let dir = support::TempDir::new("exposition-storage");
+    let path = dir.0.display().to_string();
+    let mut h = Harness::new(
+        sim,
+        clock,
+        &["--webhook.listen-address", "127.0.0.1:0", "--storage.path", &path],
+    )
+    .await;
     h.poll().await;
     h
 }
