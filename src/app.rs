@@ -106,6 +106,7 @@ fn build_with(
         projects.clone(),
         tasks.clone(),
         &config.telemetry_path,
+        webhooks.as_ref().map(|(r, _)| r.clone()),
     );
     let router = http::auth::protect(router, &config.web);
     Ok(Exporter {

@@ -30,6 +30,20 @@ pub fn from_micros(m: Micros) -> OffsetDateTime {
         .unwrap_or(OffsetDateTime::UNIX_EPOCH)
 }
 
+/// RFC 3339 in UTC to the second, as people read it (`2026-12-01T19:06:34Z`).
+pub fn rfc3339_seconds(t: OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// `t`, if it is a believable Kapso timestamp at local time `now`: not more than a day ahead
 /// and not more than ten years back. Rows with `started_at` in the year 9999 or 1970 exist
 /// in the wild; such a value must not move a watermark.

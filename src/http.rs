@@ -31,6 +31,7 @@ use crate::config::VERSION;
 use crate::metrics;
 use crate::state::{self, SharedProject};
 use crate::supervisor::Tasks;
+use crate::webhook::Receiver;
 
 #[derive(Clone)]
 struct AppState {
@@ -38,20 +39,25 @@ struct AppState {
     projects: Arc<Vec<SharedProject>>,
     tasks: Tasks,
     telemetry_path: Arc<str>,
+    /// The webhook receiver, for the recent failures it was told of.
+    webhooks: Option<Receiver>,
 }
 
-/// The router of every endpoint; `tasks` are the supervised tasks the health endpoints report.
+/// The router of every endpoint; `tasks` are the supervised tasks the health endpoints report,
+/// `webhooks` the receiver whose recent failures the landing page lists.
 pub fn router(
     registry: Registry,
     projects: Vec<SharedProject>,
     tasks: Tasks,
     telemetry_path: &str,
+    webhooks: Option<Receiver>,
 ) -> Router {
     let state = AppState {
         registry: Arc::new(registry),
         projects: Arc::new(projects),
         tasks,
         telemetry_path: Arc::from(telemetry_path),
+        webhooks,
     };
     Router::new()
         .route(telemetry_path, get(metrics_handler))
@@ -194,8 +200,30 @@ async fn ready(State(app): State<AppState>) -> Response {
 async fn landing(State(app): State<AppState>) -> Html<String> {
     let mut rows = String::new();
     for p in app.projects.iter() {
+        let (name, line) = {
+            let st = state::read(p);
+            (st.name.clone(), metrics::describe_state(&st))
+        };
         rows.push_str("<li>");
-        rows.push_str(&escape(&metrics::describe_state(&state::read(p))));
+        rows.push_str(&escape(&line));
+        let failures = app
+            .webhooks
+            .as_ref()
+            .map(|w| w.recent_failures(&name))
+            .unwrap_or_default();
+        if !failures.is_empty() {
+            rows.push_str("\n<br>Recent failures (webhooks, newest first):\n<ul>\n");
+            for f in failures {
+                rows.push_str(&format!(
+                    "<li>{} workflow {} execution {}: {}</li>\n",
+                    escape(&crate::clock::rfc3339_seconds(f.occurred_at)),
+                    escape(&f.workflow_id),
+                    escape(&f.execution_id),
+                    escape(&f.message),
+                ));
+            }
+            rows.push_str("</ul>\n");
+        }
         rows.push_str("</li>\n");
     }
     let path = escape(&app.telemetry_path);

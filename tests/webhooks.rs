@@ -284,6 +284,23 @@ async fn a_failure_counts_at_delivery_and_the_poll_does_not_count_it_again() {
     // Before any poll.
     assert_eq!(shown(&h, &wf).await.failed, 1);
     assert_truth(&h, &wf, "at delivery").await;
+    // The landing page lists it with its message.
+    let landing = h
+        .exporter
+        .router
+        .clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let page = axum::body::to_bytes(landing.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let page = String::from_utf8_lossy(&page);
+    assert!(
+        page.contains("Recent failures") && page.contains("Action step failed: HTTP 500"),
+        "{page}"
+    );
+    assert!(page.contains(&exec));
     clock.advance(Duration::from_secs(50));
     h.poll().await;
     assert_truth(&h, &wf, "after the poll").await;
