@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use base64::Engine as _;
-use kube::{container, parse, parse_stream, repo_root};
+use kube::{container, parse, parse_stream, program, repo_root};
 use serde_json::{Value, json};
 use support::TempDir;
 
@@ -32,26 +32,6 @@ const NAMESPACE: &str = "monitoring";
 
 fn chart() -> PathBuf {
     repo_root().join(CHART)
-}
-
-/// `$VAR` if set, else `name` on the PATH; `None` (after the outside-program rule) if neither.
-fn program(var: &str, name: &str) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "{var}={} is not a file", path.display());
-        return Some(path);
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    });
-    if found.is_none() {
-        kube::missing(&format!(
-            "{name} is not on PATH and {var} is not set (tools/install-helm.sh installs it)"
-        ));
-    }
-    found
 }
 
 /// helm with its own empty cache, config and data directories and no kubeconfig, so that
@@ -183,15 +163,19 @@ impl Rendered {
     }
 }
 
-/// The Secret name and key of deploy/kubernetes/secret.example.yaml, which the kustomize
-/// Deployment reads: the default render uses the same ones.
+/// The Secret name and API key's key of deploy/kubernetes/secret.example.yaml, which the
+/// kustomize Deployment reads: the default render uses the same ones.
 fn example_secret() -> (String, String) {
     let secret = parse(&repo_root().join("deploy/kubernetes/secret.example.yaml"));
     let data = secret["stringData"].as_object().unwrap();
-    assert_eq!(data.len(), 1);
+    let deployment = parse(&repo_root().join("deploy/kubernetes/deployment.yaml"));
+    let reference = kube::api_key_reference(&deployment);
+    assert_eq!(reference["name"], secret["metadata"]["name"]);
+    let key = reference["key"].as_str().unwrap();
+    assert!(data.contains_key(key), "the example Secret has no {key}");
     (
         secret["metadata"]["name"].as_str().unwrap().to_owned(),
-        data.keys().next().unwrap().clone(),
+        key.to_owned(),
     )
 }
 
@@ -407,23 +391,7 @@ fn default_render_matches_the_kustomize_manifests() {
     let Some(kubectl) = program("KUBECTL", "kubectl") else {
         return;
     };
-    let out = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(repo_root().join("deploy/kubernetes"))
-        .env("KUBECONFIG", helm.home.0.join("kubeconfig"))
-        .env("HOME", &helm.home.0)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kustomized = Rendered(parse_stream(
-        &String::from_utf8(out.stdout).unwrap(),
-        "kubectl kustomize's output",
-    ));
+    let kustomized = Rendered(kube::kustomize(&kubectl, &[], &helm.home.0));
     let mut values = default_values();
     values["serviceMonitor"] = json!({"enabled": true});
     values["prometheusRule"] = json!({"enabled": true});
