@@ -9,6 +9,12 @@
 //! `/metrics`. The chart's version is the crate's, every value is commented, and its copies of
 //! the alerts and dashboards are byte copies.
 //!
+//! `webhook.enabled` adds the listener on its own port with its secret from a Secret, its own
+//! Service (which the ServiceMonitor leaves alone) and an optional Ingress for `/webhooks/kapso`
+//! only; `storage.enabled` mounts a writable volume (a claim or an emptyDir) where
+//! `--storage.path` points, the root filesystem still read-only. Both are checked with the
+//! shared rules of tests/kube/mod.rs, as the kustomize Components are.
+//!
 //! helm and kubectl come from `HELM`/`KUBECTL` or the PATH (`tools/install-helm.sh` installs
 //! both); without them the tests that need them fail under `CI=true` and otherwise print
 //! `SKIPPED: ...` and pass. Helm's cache, config and data directories are temporary ones.
@@ -22,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use base64::Engine as _;
-use kube::{container, parse, parse_stream, repo_root};
+use kube::{container, parse, parse_stream, program, repo_root};
 use serde_json::{Value, json};
 use support::TempDir;
 
@@ -32,26 +38,6 @@ const NAMESPACE: &str = "monitoring";
 
 fn chart() -> PathBuf {
     repo_root().join(CHART)
-}
-
-/// `$VAR` if set, else `name` on the PATH; `None` (after the outside-program rule) if neither.
-fn program(var: &str, name: &str) -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(path);
-        assert!(path.is_file(), "{var}={} is not a file", path.display());
-        return Some(path);
-    }
-    let found = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(name))
-            .find(|candidate| candidate.is_file())
-    });
-    if found.is_none() {
-        kube::missing(&format!(
-            "{name} is not on PATH and {var} is not set (tools/install-helm.sh installs it)"
-        ));
-    }
-    found
 }
 
 /// helm with its own empty cache, config and data directories and no kubeconfig, so that
@@ -183,15 +169,19 @@ impl Rendered {
     }
 }
 
-/// The Secret name and key of deploy/kubernetes/secret.example.yaml, which the kustomize
-/// Deployment reads: the default render uses the same ones.
+/// The Secret name and API key's key of deploy/kubernetes/secret.example.yaml, which the
+/// kustomize Deployment reads: the default render uses the same ones.
 fn example_secret() -> (String, String) {
     let secret = parse(&repo_root().join("deploy/kubernetes/secret.example.yaml"));
     let data = secret["stringData"].as_object().unwrap();
-    assert_eq!(data.len(), 1);
+    let deployment = parse(&repo_root().join("deploy/kubernetes/deployment.yaml"));
+    let reference = kube::api_key_reference(&deployment);
+    assert_eq!(reference["name"], secret["metadata"]["name"]);
+    let key = reference["key"].as_str().unwrap();
+    assert!(data.contains_key(key), "the example Secret has no {key}");
     (
         secret["metadata"]["name"].as_str().unwrap().to_owned(),
-        data.keys().next().unwrap().clone(),
+        key.to_owned(),
     )
 }
 
@@ -407,23 +397,7 @@ fn default_render_matches_the_kustomize_manifests() {
     let Some(kubectl) = program("KUBECTL", "kubectl") else {
         return;
     };
-    let out = Command::new(&kubectl)
-        .arg("kustomize")
-        .arg(repo_root().join("deploy/kubernetes"))
-        .env("KUBECONFIG", helm.home.0.join("kubeconfig"))
-        .env("HOME", &helm.home.0)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kubectl kustomize failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kustomized = Rendered(parse_stream(
-        &String::from_utf8(out.stdout).unwrap(),
-        "kubectl kustomize's output",
-    ));
+    let kustomized = Rendered(kube::kustomize(&kubectl, &[], &helm.home.0));
     let mut values = default_values();
     values["serviceMonitor"] = json!({"enabled": true});
     values["prometheusRule"] = json!({"enabled": true});
@@ -568,10 +542,12 @@ fn all_on_render_passes_every_check() {
         assert_eq!(sum.len(), 64, "{checksum}: {sum:?}");
     }
 
-    // Args: the chart's, the two files, then extraArgs in order.
+    // Args: the chart's, the two files, the webhook listener and its file, the storage, then
+    // extraArgs in order.
     let args = kube::args(deployment);
     let config_file = "/etc/kapso-exporter/config/config.yml";
     let web_config_file = "/etc/kapso-exporter/web/web-config.yml";
+    let webhook_web_config_file = "/etc/kapso-exporter/webhook-web/web-config.yml";
     let extra: Vec<&str> = values["extraArgs"]
         .as_array()
         .unwrap()
@@ -585,6 +561,9 @@ fn all_on_render_passes_every_check() {
             "--log.format=logfmt",
             &format!("--config.file={config_file}"),
             &format!("--web.config.file={web_config_file}"),
+            &format!("--webhook.listen-address=:{}", values["webhook"]["port"]),
+            &format!("--webhook.config.file={webhook_web_config_file}"),
+            "--storage.path=/var/lib/kapso-exporter",
         ]
         .into_iter()
         .chain(extra)
@@ -637,6 +616,10 @@ fn all_on_render_passes_every_check() {
         "Opaque",
         "the web config is a Secret"
     );
+    let (webhook_web, webhook_web_secret) = mounted(webhook_web_config_file);
+    assert_eq!(webhook_web_secret, format!("{fullname}-webhook-web-config"));
+    let webhook_web: Value = serde_norway::from_str(&webhook_web).unwrap();
+    assert_eq!(webhook_web, values["webhook"]["webConfig"]);
 
     // The chart-created Secret holds apiKey, under the key the env reads.
     let reference = kube::api_key_reference(deployment);
@@ -670,9 +653,11 @@ fn all_on_render_passes_every_check() {
     );
 
     // Service and ServiceMonitor.
-    let service = rendered.one("Service");
+    let service = rendered.named("Service", fullname);
     let monitor = rendered.one("ServiceMonitor");
     kube::check_service_and_monitor(deployment, service, monitor);
+    check_all_on_webhook(&rendered, &values);
+    check_all_on_storage(&rendered, &values);
     assert_eq!(
         service["spec"]["ports"][0]["port"],
         values["service"]["port"]
@@ -715,6 +700,101 @@ fn all_on_render_passes_every_check() {
         "kube-prometheus-stack"
     );
     check_dashboards(&rendered, &values);
+}
+
+/// The all-on webhook listener: its port, the chart-created Secret with webhook.secret, its own
+/// Service as configured, the Ingress with the configured class, annotations, hosts (the second
+/// one with the default path) and TLS.
+fn check_all_on_webhook(rendered: &Rendered, values: &Value) {
+    let fullname = values["fullnameOverride"].as_str().unwrap();
+    let w = &values["webhook"];
+    let deployment = rendered.one("Deployment");
+    let webhook_service = rendered.named("Service", &format!("{fullname}-webhook"));
+    let reference = kube::check_webhook(deployment, webhook_service, &rendered.all("Ingress"));
+    assert_eq!(
+        kube::container_port(deployment, "webhook"),
+        w["port"].as_u64()
+    );
+    assert_eq!(reference["name"], format!("{fullname}-webhook"));
+    assert_eq!(reference["key"], "webhook-secret");
+    let secret = rendered.named("Secret", &format!("{fullname}-webhook"));
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["webhook-secret"].as_str().unwrap())
+        .unwrap();
+    assert_eq!(data, w["secret"].as_str().unwrap().as_bytes());
+    assert!(
+        !serde_json::to_string(deployment)
+            .unwrap()
+            .contains(w["secret"].as_str().unwrap()),
+        "the webhook secret is in the Deployment"
+    );
+    assert_eq!(webhook_service["spec"]["type"], w["service"]["type"]);
+    assert_eq!(
+        webhook_service["spec"]["ports"][0]["port"],
+        w["service"]["port"]
+    );
+    assert_eq!(
+        webhook_service["metadata"]["annotations"],
+        w["service"]["annotations"]
+    );
+    assert_eq!(
+        webhook_service["metadata"]["labels"]["example.com/exposed"],
+        "internet"
+    );
+    assert_eq!(
+        webhook_service["metadata"]["labels"]["app.kubernetes.io/component"],
+        "webhook"
+    );
+    kube::monitor_skips(rendered.one("ServiceMonitor"), webhook_service);
+
+    let ingress = rendered.one("Ingress");
+    let i = &w["ingress"];
+    assert_eq!(ingress["spec"]["ingressClassName"], i["className"]);
+    assert_eq!(ingress["metadata"]["annotations"], i["annotations"]);
+    assert_eq!(ingress["spec"]["tls"], i["tls"]);
+    let rules = ingress["spec"]["rules"].as_array().unwrap();
+    let hosts: Vec<&str> = rules.iter().map(|r| r["host"].as_str().unwrap()).collect();
+    assert_eq!(
+        hosts,
+        [
+            "kapso-webhooks.example.com",
+            "kapso-webhooks-sales.example.com"
+        ]
+    );
+    for rule in rules {
+        let paths = rule["http"]["paths"].as_array().unwrap();
+        assert_eq!(paths.len(), 1);
+        assert_eq!(paths[0]["path"], "/webhooks/kapso");
+        assert_eq!(paths[0]["pathType"], "Prefix");
+    }
+}
+
+/// The all-on storage: the chart's claim as configured, mounted where --storage.path points,
+/// writable by the image's group.
+fn check_all_on_storage(rendered: &Rendered, values: &Value) {
+    let fullname = values["fullnameOverride"].as_str().unwrap();
+    let pvc_values = &values["storage"]["persistentVolumeClaim"];
+    let deployment = rendered.one("Deployment");
+    let volume = kube::check_storage(deployment);
+    assert_eq!(
+        volume["persistentVolumeClaim"]["claimName"],
+        format!("{fullname}-storage")
+    );
+    let pvc = rendered.named("PersistentVolumeClaim", &format!("{fullname}-storage"));
+    assert_eq!(pvc["spec"]["accessModes"], pvc_values["accessModes"]);
+    assert_eq!(
+        pvc["spec"]["storageClassName"],
+        pvc_values["storageClassName"]
+    );
+    assert_eq!(
+        pvc["spec"]["resources"]["requests"]["storage"],
+        pvc_values["size"]
+    );
+    assert_eq!(pvc["metadata"]["annotations"], pvc_values["annotations"]);
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["securityContext"]["fsGroup"],
+        65532
+    );
 }
 
 /// One ConfigMap per dashboards/*.json, labelled for the Grafana sidecar, holding the file byte
@@ -871,6 +951,11 @@ fn config_changes_roll_the_pod() {
         annotations(web("a"))["checksum/secret"],
         annotations(web("b"))["checksum/secret"]
     );
+    let webhook = |secret: &str| json!({"existingSecret": {"name": "s"}, "webhook": {"enabled": true, "secret": secret}});
+    assert_ne!(
+        annotations(webhook("a"))["checksum/secret"],
+        annotations(webhook("b"))["checksum/secret"]
+    );
     // Nothing to check without either: no annotations at all, as in the kustomize pod.
     assert!(annotations(default_values()).is_null());
 }
@@ -991,4 +1076,245 @@ fn notes_show_the_port_forward_and_the_first_checks() {
     ] {
         assert!(notes.contains(want), "NOTES lack {want:?}:\n{notes}");
     }
+}
+
+/// `template` that must fail: helm's stderr.
+fn template_fails(helm: &Helm, values: &Value) -> String {
+    let file = helm.values_file(values);
+    match helm.try_template(&[&file]) {
+        Ok(_) => panic!("helm template succeeded with {values}"),
+        Err(stderr) => stderr,
+    }
+}
+
+/// webhook.*: off by default; on, the secret from webhook.existingSecret (key webhook-secret by
+/// default), webhook.secret or the config's webhook_secret_*, else a clear failure; the Ingress
+/// only when asked, hosts without paths get /webhooks/kapso, and anything outside it fails. The
+/// exporter accepts the rendered arguments and web config.
+#[test]
+fn webhook_listener_values_and_their_failures() {
+    let Some(helm) = Helm::find() else { return };
+    let with = |webhook: Value| -> Value {
+        let mut values = default_values();
+        values["webhook"] = webhook;
+        values
+    };
+
+    // Off: nothing of it, even with the Ingress asked for.
+    let rendered = helm.template(&with(json!({"ingress": {"enabled": true}})));
+    assert_eq!(rendered.kinds(), ["Deployment", "Service"]);
+    assert_eq!(
+        kube::container_port(rendered.one("Deployment"), "webhook"),
+        None
+    );
+
+    // No secret anywhere, or two.
+    let none = template_fails(&helm, &with(json!({"enabled": true})));
+    for word in [
+        "webhook.existingSecret.name",
+        "webhook.secret",
+        "webhook_secret_file",
+        "webhook_secret_env",
+    ] {
+        assert!(
+            none.contains(word),
+            "the no-secret failure does not say {word}: {none}"
+        );
+    }
+    let both = template_fails(
+        &helm,
+        &with(json!({"enabled": true, "secret": "x", "existingSecret": {"name": "s"}})),
+    );
+    assert!(both.contains("not both"), "{both}");
+
+    // An existing Secret, the default key; no Ingress unless asked.
+    let rendered = helm.template(&with(
+        json!({"enabled": true, "existingSecret": {"name": "hooks"}}),
+    ));
+    assert_eq!(rendered.kinds(), ["Deployment", "Service", "Service"]);
+    let deployment = rendered.one("Deployment");
+    kube::check_probes(deployment);
+    kube::check_locked_down(deployment);
+    let service = rendered.named("Service", "kx-kapso-exporter-webhook");
+    let metrics_service = rendered.named("Service", "kx-kapso-exporter");
+    let reference = kube::check_webhook(deployment, service, &[]).clone();
+    assert_eq!(reference, json!({"name": "hooks", "key": "webhook-secret"}));
+    assert!(kube::args(deployment).contains(&"--webhook.listen-address=:9854"));
+    assert_eq!(service["spec"]["ports"][0]["port"], 9854);
+    assert_eq!(
+        metrics_service["spec"]["ports"].as_array().unwrap().len(),
+        1
+    );
+    assert!(rendered.all("Secret").is_empty());
+
+    // The ServiceMonitor scrapes the metrics Service, not the webhook one.
+    let mut values = with(json!({"enabled": true, "existingSecret": {"name": "hooks"}}));
+    values["serviceMonitor"] = json!({"enabled": true});
+    let rendered = helm.template(&values);
+    let monitor = rendered.one("ServiceMonitor");
+    kube::check_service_and_monitor(
+        rendered.one("Deployment"),
+        rendered.named("Service", "kx-kapso-exporter"),
+        monitor,
+    );
+    kube::monitor_skips(
+        monitor,
+        rendered.named("Service", "kx-kapso-exporter-webhook"),
+    );
+
+    // Per-project secrets in the config: no KAPSO_WEBHOOK_SECRET, no Secret.
+    let mut values = json!({"config": {"projects": [
+        {"name": "a", "api_key_file": "/k/a", "webhook_secret_file": "/k/a-hook"},
+        {"name": "b", "api_key_env": "KAPSO_B_KEY", "webhook_secret_env": "KAPSO_B_HOOK"}
+    ]}});
+    values["webhook"] = json!({"enabled": true});
+    let rendered = helm.template(&values);
+    assert!(kube::env_var(rendered.one("Deployment"), "KAPSO_WEBHOOK_SECRET").is_none());
+    assert!(rendered.all("Secret").is_empty());
+    // One project without: the chart cannot know, so it asks.
+    values["config"]["projects"][1]
+        .as_object_mut()
+        .unwrap()
+        .remove("webhook_secret_env");
+    let partial = template_fails(&helm, &values);
+    assert!(partial.contains("no webhook secret"), "{partial}");
+    // --webhook.secret-file in extraArgs is a source too.
+    let mut values = with(json!({"enabled": true}));
+    values["extraArgs"] = json!(["--webhook.secret-file=/k/hook"]);
+    helm.template(&values);
+
+    // The Ingress: a host without paths gets /webhooks/kapso Prefix; nothing else is accepted.
+    let ingress = |hosts: Value| {
+        with(json!({"enabled": true, "secret": "x", "ingress": {"enabled": true, "hosts": hosts}}))
+    };
+    let rendered = helm.template(&ingress(json!([{"host": "h.example.com"}])));
+    let webhook_service = rendered.named("Service", "kx-kapso-exporter-webhook");
+    let ing = rendered.one("Ingress");
+    kube::check_webhook(rendered.one("Deployment"), webhook_service, &[ing]);
+    assert_eq!(
+        ing["spec"]["rules"][0]["http"]["paths"][0]["path"],
+        "/webhooks/kapso"
+    );
+    assert!(ing["spec"].get("ingressClassName").is_none());
+    for (path, path_type) in [
+        ("/", "Prefix"),
+        ("/metrics", "Prefix"),
+        ("/webhooks/kapsox", "Prefix"),
+        ("/webhooks/kapso", "ImplementationSpecific"),
+    ] {
+        let err = template_fails(
+            &helm,
+            &ingress(json!([{"host": "h", "paths": [{"path": path, "pathType": path_type}]}])),
+        );
+        assert!(err.contains("webhook.ingress"), "{path} {path_type}: {err}");
+    }
+
+    // The exporter accepts the rendered arguments and webhook web config.
+    let dir = TempDir::new("kx-helm-webhook");
+    let rendered = helm.template(&with(json!({
+        "enabled": true,
+        "secret": "whsec-placeholder",
+        "webConfig": {"basic_auth_users": {
+            "kapso": "$2y$10$X0h1gDsPszWURQaxFh.zoubFi6DXncSjhoQNJgRrnGs7EsimhC7zG"
+        }}
+    })));
+    let web =
+        rendered.named("Secret", "kx-kapso-exporter-webhook-web-config")["data"]["web-config.yml"]
+            .as_str()
+            .unwrap();
+    let web = base64::engine::general_purpose::STANDARD
+        .decode(web)
+        .unwrap();
+    let web_path = dir.write("webhook-web-config.yml", &String::from_utf8(web).unwrap());
+    let mut args = vec!["kapso-exporter".to_owned()];
+    for arg in kube::args(rendered.one("Deployment")) {
+        args.push(if arg.starts_with("--webhook.config.file=") {
+            format!("--webhook.config.file={}", web_path.display())
+        } else {
+            arg.to_owned()
+        });
+    }
+    let cli = <kapso_exporter::config::Cli as clap::Parser>::try_parse_from(&args)
+        .unwrap_or_else(|e| panic!("the exporter rejects the chart's args {args:?}: {e}"));
+    let env = |name: &str| match name {
+        "KAPSO_API_KEY" => Some("sk-placeholder".to_owned()),
+        "KAPSO_WEBHOOK_SECRET" => Some("whsec-placeholder".to_owned()),
+        _ => None,
+    };
+    let loaded = kapso_exporter::config::Config::load(&cli, &env)
+        .unwrap_or_else(|e| panic!("the exporter rejects the rendered webhook settings: {e}"));
+    assert_eq!(loaded.webhook.unwrap().address.port(), 9854);
+}
+
+/// storage.*: off by default; on, an emptyDir (sizeLimit), an existing claim or the chart's
+/// claim, never two claims; always writable at --storage.path, the root filesystem read-only,
+/// the pod's fsGroup set unless given.
+#[test]
+fn storage_values_and_their_failures() {
+    let Some(helm) = Helm::find() else { return };
+    let with = |storage: Value| -> Value {
+        let mut values = default_values();
+        values["storage"] = storage;
+        values
+    };
+    let rendered = helm.template(&with(json!({"persistentVolumeClaim": {"enabled": true}})));
+    assert_eq!(
+        rendered.kinds(),
+        ["Deployment", "Service"],
+        "storage is off"
+    );
+
+    // emptyDir.
+    let rendered = helm.template(&with(json!({"enabled": true})));
+    assert_eq!(rendered.kinds(), ["Deployment", "Service"]);
+    let deployment = rendered.one("Deployment");
+    kube::check_locked_down(deployment);
+    kube::check_probes(deployment);
+    assert!(kube::args(deployment).contains(&"--storage.path=/var/lib/kapso-exporter"));
+    assert_eq!(
+        kube::check_storage(deployment)["emptyDir"],
+        json!({"sizeLimit": "64Mi"})
+    );
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["securityContext"]["fsGroup"],
+        65532
+    );
+
+    // An existing claim, and a podSecurityContext.fsGroup of the user's, kept.
+    let mut values = with(json!({"enabled": true, "existingClaim": "state"}));
+    values["podSecurityContext"] = json!({"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}});
+    let rendered = helm.template(&values);
+    assert!(rendered.all("PersistentVolumeClaim").is_empty());
+    let deployment = rendered.one("Deployment");
+    kube::check_locked_down(deployment);
+    assert_eq!(
+        kube::check_storage(deployment)["persistentVolumeClaim"]["claimName"],
+        "state"
+    );
+    assert_eq!(
+        deployment["spec"]["template"]["spec"]["securityContext"]["fsGroup"],
+        1000
+    );
+
+    // The chart's claim, with the defaults.
+    let rendered = helm.template(&with(
+        json!({"enabled": true, "persistentVolumeClaim": {"enabled": true}}),
+    ));
+    let deployment = rendered.one("Deployment");
+    let claim = kube::check_storage(deployment)["persistentVolumeClaim"]["claimName"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pvc = rendered.named("PersistentVolumeClaim", &claim);
+    assert_eq!(pvc["spec"]["accessModes"], json!(["ReadWriteOnce"]));
+    assert_eq!(pvc["spec"]["resources"]["requests"]["storage"], "1Gi");
+    assert!(pvc["spec"].get("storageClassName").is_none());
+
+    let both = template_fails(
+        &helm,
+        &with(
+            json!({"enabled": true, "existingClaim": "state", "persistentVolumeClaim": {"enabled": true}}),
+        ),
+    );
+    assert!(both.contains("not both"), "{both}");
 }

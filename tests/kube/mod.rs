@@ -263,3 +263,235 @@ pub fn missing(what: &str) {
     // and hides for passing tests: a skip must stay visible.
     let _ = writeln!(std::io::stderr(), "SKIPPED: {what}");
 }
+
+/// `$VAR` if set, else `name` on the PATH; `None` (after the outside-program rule) if neither.
+pub fn program(var: &str, name: &str) -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(path);
+        assert!(path.is_file(), "{var}={} is not a file", path.display());
+        return Some(path);
+    }
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|candidate| candidate.is_file())
+    });
+    if found.is_none() {
+        missing(&format!(
+            "{name} is not on PATH and {var} is not set (tools/install-helm.sh installs it)"
+        ));
+    }
+    found
+}
+
+/// `kubectl kustomize deploy/kubernetes` with the given components of
+/// deploy/kubernetes/components/ (none: the base alone). The components go in a throwaway
+/// overlay under the target directory, which names the base by a relative path (kustomize
+/// refuses absolute ones). `home` is an empty directory for HOME and KUBECONFIG.
+pub fn kustomize(kubectl: &Path, components: &[&str], home: &Path) -> Vec<Value> {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let base = repo_root().join("deploy/kubernetes");
+    let dir = if components.is_empty() {
+        base.clone()
+    } else {
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("kx-kustomize-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dir.canonicalize().unwrap();
+        // From `dir` up to the root, then down to `base`.
+        let up = "../".repeat(dir.components().count() - 1);
+        let to = |p: &Path| {
+            let p = p.canonicalize().unwrap();
+            format!("{up}{}", p.strip_prefix("/").unwrap().display())
+        };
+        let mut text = format!(
+            "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n  - {}\ncomponents:\n",
+            to(&base)
+        );
+        for component in components {
+            text.push_str(&format!(
+                "  - {}\n",
+                to(&base.join("components").join(component))
+            ));
+        }
+        std::fs::write(dir.join("kustomization.yaml"), text).unwrap();
+        dir
+    };
+    let out = std::process::Command::new(kubectl)
+        .arg("kustomize")
+        .arg(&dir)
+        .env("KUBECONFIG", home.join("kubeconfig"))
+        .env("HOME", home)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    if dir != base {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    assert!(
+        out.status.success(),
+        "kubectl kustomize with {components:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    parse_stream(
+        &String::from_utf8(out.stdout).unwrap(),
+        "kubectl kustomize's output",
+    )
+}
+
+/// The container's environment variable `name`, if set.
+pub fn env_var<'a>(deployment: &'a Value, name: &str) -> Option<&'a Value> {
+    container(deployment)["env"]
+        .as_array()?
+        .iter()
+        .find(|e| e["name"] == name)
+}
+
+/// The container's port named `name`: its number.
+pub fn container_port(deployment: &Value, name: &str) -> Option<u64> {
+    container(deployment)["ports"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| p["containerPort"].as_u64().unwrap())
+}
+
+/// A Service port targets the container port `name` (by name or number).
+fn targets(service_port: &Value, name: &str, number: u64) -> bool {
+    service_port["targetPort"] == name || service_port["targetPort"].as_u64() == Some(number)
+}
+
+/// The webhook listener is on: `--webhook.listen-address` on the container's port `webhook`,
+/// KAPSO_WEBHOOK_SECRET from a Secret (never a literal, never a flag), the Service `service`
+/// selects the pod and forwards only to the webhook port, and every Ingress routes only
+/// `/webhooks/kapso` prefixes to that Service, so /metrics is never exposed. The probes stay on
+/// the metrics port. Returns the `secretKeyRef` of KAPSO_WEBHOOK_SECRET, or `Value::Null` when the
+/// secrets come from elsewhere (the config file's webhook_secret_*).
+pub fn check_webhook<'a>(
+    deployment: &'a Value,
+    service: &Value,
+    ingresses: &[&Value],
+) -> &'a Value {
+    let port = container_port(deployment, "webhook").expect("no container port named webhook");
+    let args = args(deployment);
+    let listen: Vec<&str> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--webhook.listen-address="))
+        .collect();
+    assert_eq!(listen.len(), 1, "{args:?}");
+    assert_eq!(
+        listen[0].rsplit(':').next().unwrap(),
+        port.to_string(),
+        "the listener and the container port differ"
+    );
+    assert!(
+        !args.iter().any(|a| a.starts_with("--webhook.secret=")),
+        "the secret is a flag value: {args:?}"
+    );
+    let c = container(deployment);
+    for probe in ["livenessProbe", "readinessProbe"] {
+        assert_eq!(c[probe]["httpGet"]["port"], "http-metrics", "{probe}");
+    }
+    let reference = match env_var(deployment, "KAPSO_WEBHOOK_SECRET") {
+        Some(var) => {
+            assert!(
+                var.get("value").is_none(),
+                "KAPSO_WEBHOOK_SECRET has a literal value"
+            );
+            let reference = &var["valueFrom"]["secretKeyRef"];
+            assert!(reference["name"].is_string() && reference["key"].is_string());
+            reference
+        }
+        None => &Value::Null,
+    };
+
+    // The Service: the pod, the webhook port and nothing else.
+    assert_eq!(service["kind"], "Service");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    assert!(selects(&service["spec"]["selector"], pod_labels));
+    let ports = service["spec"]["ports"].as_array().unwrap();
+    assert_eq!(
+        ports.len(),
+        1,
+        "the webhook Service has other ports: {ports:?}"
+    );
+    assert!(
+        targets(&ports[0], "webhook", port),
+        "the webhook Service targets {}",
+        ports[0]["targetPort"]
+    );
+    let metrics = container_port(deployment, "http-metrics").unwrap();
+    assert!(!targets(&ports[0], "http-metrics", metrics));
+
+    // Every Ingress (none is fine: nothing is exposed): only /webhooks/kapso, only to the
+    // webhook Service's port.
+    for ingress in ingresses {
+        assert_eq!(ingress["kind"], "Ingress");
+        assert!(
+            ingress["spec"].get("defaultBackend").is_none(),
+            "the Ingress has a default backend"
+        );
+        let rules = ingress["spec"]["rules"].as_array().unwrap();
+        assert!(!rules.is_empty());
+        for rule in rules {
+            let paths = rule["http"]["paths"].as_array().unwrap();
+            assert!(!paths.is_empty());
+            for path in paths {
+                let p = path["path"].as_str().unwrap();
+                assert!(
+                    p == "/webhooks/kapso" || p.starts_with("/webhooks/kapso/"),
+                    "the Ingress routes {p}"
+                );
+                assert_eq!(path["pathType"], "Prefix", "{p}");
+                let backend = &path["backend"]["service"];
+                assert_eq!(backend["name"], service["metadata"]["name"], "{p}");
+                assert!(
+                    backend["port"]["name"] == ports[0]["name"]
+                        || backend["port"]["number"] == ports[0]["port"],
+                    "{p} goes to port {}",
+                    backend["port"]
+                );
+            }
+        }
+    }
+    reference
+}
+
+/// `--storage.path` names a writable mount of a pod volume (the root filesystem stays read-only);
+/// returns that volume.
+pub fn check_storage(deployment: &Value) -> &Value {
+    let args = args(deployment);
+    let paths: Vec<&str> = args
+        .iter()
+        .filter_map(|a| a.strip_prefix("--storage.path="))
+        .collect();
+    assert_eq!(paths.len(), 1, "{args:?}");
+    let c = container(deployment);
+    let mount = c["volumeMounts"]
+        .as_array()
+        .expect("no volumeMounts")
+        .iter()
+        .find(|m| m["mountPath"] == paths[0])
+        .unwrap_or_else(|| panic!("nothing is mounted at --storage.path={}", paths[0]));
+    assert_ne!(mount["readOnly"], true, "the storage mount is read-only");
+    assert!(mount.get("subPath").is_none());
+    assert_eq!(c["securityContext"]["readOnlyRootFilesystem"], true);
+    deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .expect("no volumes")
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap_or_else(|| panic!("no volume {}", mount["name"]))
+}
+
+/// The ServiceMonitor selects the metrics Service and not the webhook Service.
+pub fn monitor_skips(monitor: &Value, webhook_service: &Value) {
+    assert!(
+        !selects(
+            &monitor["spec"]["selector"]["matchLabels"],
+            &webhook_service["metadata"]["labels"]
+        ),
+        "the ServiceMonitor selects the webhook Service"
+    );
+}

@@ -146,3 +146,88 @@ Whether webConfig turns on TLS: then the probes and the ServiceMonitor use HTTPS
 {{- define "kapso-exporter.tls" -}}
 {{- if and .Values.webConfig (hasKey .Values.webConfig "tls_server_config") }}true{{ end }}
 {{- end }}
+
+{{/*
+The Secret KAPSO_WEBHOOK_SECRET is read from when webhook.enabled: webhook.existingSecret, or the
+one the chart creates from webhook.secret. Empty when webhooks are off or the secrets come from
+elsewhere (config's webhook_secret_*, --webhook.secret-file). Fails when both are set, or when
+webhooks are on with no secret anywhere.
+*/}}
+{{- define "kapso-exporter.webhookSecretName" -}}
+{{- $w := .Values.webhook }}
+{{- if $w.enabled }}
+{{- if and $w.secret $w.existingSecret.name }}
+{{- fail "kapso-exporter: set either webhook.secret (the chart creates a Secret) or webhook.existingSecret.name (a Secret you created), not both" }}
+{{- else if $w.existingSecret.name }}
+{{- $w.existingSecret.name }}
+{{- else if $w.secret }}
+{{- include "kapso-exporter.fullname" . }}-webhook
+{{- else if not (include "kapso-exporter.webhookSecretsElsewhere" .) }}
+{{- fail "kapso-exporter: webhook.enabled but no webhook secret. Set webhook.existingSecret.name (and webhook.existingSecret.key, default webhook-secret) to a Secret holding it, or webhook.secret to let the chart create the Secret, or give config.kapso or every config.projects entry webhook_secret_file or webhook_secret_env" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "kapso-exporter.webhookSecretKey" -}}
+{{- if .Values.webhook.existingSecret.name }}
+{{- required "webhook.existingSecret.key must name the Secret's key that holds the webhook secret" .Values.webhook.existingSecret.key }}
+{{- else }}
+{{- "webhook-secret" }}
+{{- end }}
+{{- end }}
+
+{{/*
+"true" when the exporter finds its webhook secrets without KAPSO_WEBHOOK_SECRET:
+--webhook.secret-file in extraArgs, a webhook_secret_file/webhook_secret_env in config.kapso, or
+config.projects that each name one.
+*/}}
+{{- define "kapso-exporter.webhookSecretsElsewhere" -}}
+{{- $config := include "kapso-exporter.configText" . | fromYaml }}
+{{- $found := false }}
+{{- range .Values.extraArgs }}
+{{- if hasPrefix "--webhook.secret-file" (toString .) }}
+{{- $found = true }}
+{{- end }}
+{{- end }}
+{{- $defaults := $config.kapso | default dict }}
+{{- if or $defaults.webhook_secret_file $defaults.webhook_secret_env }}
+{{- $found = true }}
+{{- end }}
+{{- $projects := $config.projects | default list }}
+{{- if $projects }}
+{{- $all := true }}
+{{- range $projects }}
+{{- if not (or .webhook_secret_file .webhook_secret_env) }}
+{{- $all = false }}
+{{- end }}
+{{- end }}
+{{- if $all }}
+{{- $found = true }}
+{{- end }}
+{{- end }}
+{{- if $found }}true{{ end }}
+{{- end }}
+
+{{/*
+The state volume of storage.enabled: existingClaim, the chart's PersistentVolumeClaim, or an
+emptyDir. Fails when both claims are set.
+*/}}
+{{- define "kapso-exporter.storageVolume" -}}
+{{- $s := .Values.storage }}
+{{- if and $s.existingClaim $s.persistentVolumeClaim.enabled }}
+{{- fail "kapso-exporter: set either storage.existingClaim (a claim you created) or storage.persistentVolumeClaim.enabled (the chart creates one), not both" }}
+{{- else if $s.existingClaim }}
+persistentVolumeClaim:
+  claimName: {{ $s.existingClaim }}
+{{- else if $s.persistentVolumeClaim.enabled }}
+persistentVolumeClaim:
+  claimName: {{ include "kapso-exporter.fullname" . }}-storage
+{{- else }}
+emptyDir:
+  {{- with $s.emptyDir.sizeLimit }}
+  sizeLimit: {{ . }}
+  {{- else }}
+  {}
+  {{- end }}
+{{- end }}
+{{- end }}
