@@ -28,7 +28,12 @@ async fn harness() -> Harness {
     let mut h = Harness::new(
         sim,
         clock,
-        &["--webhook.listen-address", "127.0.0.1:0", "--storage.path", &path],
+        &[
+            "--webhook.listen-address",
+            "127.0.0.1:0",
+            "--storage.path",
+            &path,
+        ],
     )
     .await;
     h.poll().await;
