@@ -1063,4 +1063,112 @@ mod tests {
             assert!(!e.to_string().contains('\n'), "{e}");
         }
     }
+
+    #[test]
+    fn webhooks_need_a_secret_for_every_project_and_never_show_it() {
+        let with = |name: &str| match name {
+            "KAPSO_API_KEY" => Some("sk-test".to_owned()),
+            "KAPSO_WEBHOOK_SECRET" => Some(" whsec-1 \n".to_owned()),
+            _ => None,
+        };
+        let on = ["--webhook.listen-address", "127.0.0.1:9854"];
+        let config = Config::load(&cli(&on), &with).expect("valid");
+        let listener = config.webhook.as_ref().expect("on");
+        assert_eq!(listener.address.port(), 9854);
+        let secret = config.projects[0].webhook_secret.as_ref().expect("secret");
+        assert_eq!(*secret, WebhookSecret::new("whsec-1"), "trimmed");
+        assert!(!format!("{config:?}").contains("whsec-1"));
+        // Off by default, even with a secret in the environment.
+        assert!(
+            Config::load(&cli(&[]), &with)
+                .expect("valid")
+                .webhook
+                .is_none()
+        );
+        // The demo listens on a local port of its own.
+        let demo = Config::load(&cli(&["--demo"]), &no_env).expect("valid");
+        assert!(demo.webhook.is_some_and(|w| w.address.ip().is_loopback()));
+
+        for (args, env, wanted) in [
+            (
+                &on[..],
+                &env_with_key as &dyn Fn(&str) -> Option<String>,
+                "no webhook secret",
+            ),
+            (
+                &["--webhook.config.file", "/nonexistent.yml"][..],
+                &with,
+                "--webhook.config.file is only valid with --webhook.listen-address",
+            ),
+            (
+                &["--webhook.listen-address", "nowhere"][..],
+                &with,
+                "--webhook.listen-address \"nowhere\"",
+            ),
+            (
+                &["--webhook.listen-address", ":9853"][..],
+                &with,
+                "must differ from --web.listen-address",
+            ),
+            (
+                &[
+                    "--webhook.listen-address",
+                    ":9854",
+                    "--webhook.secret-file",
+                    "/nonexistent",
+                ][..],
+                &with,
+                "cannot read webhook secret file",
+            ),
+        ] {
+            let e = Config::load(&cli(args), env).expect_err("invalid");
+            assert!(e.to_string().contains(wanted), "{args:?}: {e}");
+            assert!(!e.to_string().contains('\n'), "{e}");
+        }
+    }
+
+    #[test]
+    fn webhook_secrets_and_storage_come_from_the_file_per_project() {
+        let dir = std::env::temp_dir().join(format!("kx-conf-hooks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a.secret"), "secret-a\n").unwrap();
+        let file = dir.join("config.yml");
+        std::fs::write(
+            &file,
+            "webhook: {listen_address: \"127.0.0.1:9854\"}\nstorage: {path: state}\nprojects:\n  - {name: a, api_key_env: KEY_A, webhook_secret_file: a.secret}\n  - {name: b, api_key_env: KEY_B, webhook_secret_env: HOOK_B}\n",
+        )
+        .unwrap();
+        let env = |name: &str| match name {
+            "KEY_A" | "KEY_B" => Some("sk".to_owned()),
+            "HOOK_B" => Some("secret-b".to_owned()),
+            _ => None,
+        };
+        let path = file.display().to_string();
+        let config = Config::load(&cli(&["--config.file", &path]), &env).expect("valid");
+        assert_eq!(config.storage_path, Some(dir.join("state")));
+        let secrets: Vec<_> = config
+            .projects
+            .iter()
+            .map(|p| p.webhook_secret.clone().expect("secret"))
+            .collect();
+        assert_eq!(
+            secrets,
+            [
+                WebhookSecret::new("secret-a"),
+                WebhookSecret::new("secret-b")
+            ]
+        );
+        // A second project without a secret is refused, by name.
+        let no_b = |name: &str| {
+            (name != "HOOK_B")
+                .then(|| "sk".to_owned())
+                .filter(|_| name.starts_with("KEY"))
+        };
+        let e = Config::load(&cli(&["--config.file", &path]), &no_b).expect_err("invalid");
+        assert!(e.to_string().contains("HOOK_B"), "{e}");
+        // --storage.path must be a directory.
+        let e = Config::load(&cli(&["--storage.path", &path]), &env_with_key).expect_err("file");
+        assert!(e.to_string().contains("must be a directory"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
