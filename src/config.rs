@@ -1130,14 +1130,14 @@ mod tests {
     #[test]
     fn webhook_secrets_and_storage_come_from_the_file_per_project() {
         let dir = std::env::temp_dir().join(format!("kx-conf-hooks-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("a.secret"), "secret-a\n").unwrap();
+        std::fs::create_dir_all(&dir).expect("temp file");
+        std::fs::write(dir.join("a.secret"), "secret-a\n").expect("temp file");
         let file = dir.join("config.yml");
         std::fs::write(
             &file,
             "webhook: {listen_address: \"127.0.0.1:9854\"}\nstorage: {path: state}\nprojects:\n  - {name: a, api_key_env: KEY_A, webhook_secret_file: a.secret}\n  - {name: b, api_key_env: KEY_B, webhook_secret_env: HOOK_B}\n",
         )
-        .unwrap();
+        .expect("temp file");
         let env = |name: &str| match name {
             "KEY_A" | "KEY_B" => Some("sk".to_owned()),
             "HOOK_B" => Some("secret-b".to_owned()),
@@ -1169,6 +1169,6 @@ mod tests {
         // --storage.path must be a directory.
         let e = Config::load(&cli(&["--storage.path", &path]), &env_with_key).expect_err("file");
         assert!(e.to_string().contains("must be a directory"), "{e}");
-        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::remove_dir_all(&dir).expect("temp file");
     }
 }
