@@ -42,6 +42,16 @@ fn main() -> ExitCode {
         for p in &config.projects {
             println!("{}", kapso_exporter::poller::describe(p));
         }
+        if let Some(w) = &config.webhook {
+            println!(
+                "webhooks on {} ({}), POST /webhooks/kapso",
+                w.address,
+                w.web.describe()
+            );
+        }
+        if let Some(dir) = &config.storage_path {
+            println!("counting state saved in {}", dir.display());
+        }
         println!("configuration OK");
         return ExitCode::SUCCESS;
     }
