@@ -593,3 +593,54 @@ async fn a_silent_client_cannot_hold_the_tls_handshake() {
     );
     running.shutdown().await;
 }
+
+/// `--webhook.config.file` puts TLS on the webhook listener only: a signed delivery over
+/// HTTPS is accepted, `/metrics` stays plain HTTP on its own port.
+#[tokio::test]
+async fn the_webhook_listener_serves_tls_from_its_own_web_config() {
+    let pki = pki();
+    let dir = TempDir::new("kx-webhook-tls");
+    pki.write(&dir);
+    let web = dir.write(
+        "webhook-web.yml",
+        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
+    );
+    let sim = Simulator::empty(KEY, Clock::system());
+    let server = sim.spawn().await.unwrap();
+    let url = server.base_url.to_string();
+    let config = support::config(&[
+        "--kapso.base-url",
+        &url,
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--webhook.listen-address",
+        "127.0.0.1:0",
+        "--webhook.config.file",
+        web.to_str().unwrap(),
+    ]);
+    let running = app::start(config, Clock::system()).await.unwrap();
+    let hooks = running.webhook_addr.unwrap().port();
+    let body = br#"{"event":"whatsapp.phone_number.created"}"#;
+    let signature = kapso_exporter::webhook::WebhookSecret::new(support::WEBHOOK_SECRET).sign(body);
+    let r = client(&pki, None)
+        .post(format!("https://localhost:{hooks}/webhooks/kapso"))
+        .header("x-webhook-signature", signature)
+        .body(body.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap().trim(), "ignored");
+    let plain = reqwest::Client::new()
+        .post(format!("http://127.0.0.1:{hooks}/webhooks/kapso"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), 400, "plain HTTP on the TLS webhook port");
+    let metrics = reqwest::get(format!("http://{}/metrics", running.addr))
+        .await
+        .unwrap();
+    assert_eq!(metrics.status(), 200, "/metrics stays plain");
+    running.shutdown().await;
+    drop(server);
+}
