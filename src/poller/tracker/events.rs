@@ -77,8 +77,13 @@ pub struct RecentFinishes {
 
 impl RecentFinishes {
     fn insert(&mut self, id: &str, mark: Option<Micros>, now: Micros) {
-        if self.by_id.insert(id.to_owned(), (now, mark)).is_none() {
-            self.order.push_back((now, id.to_owned()));
+        match self.by_id.get_mut(id) {
+            // Already remembered: keep its place in the expiry order, take the newer mark.
+            Some((_, m)) => *m = (*m).max(mark),
+            None => {
+                self.by_id.insert(id.to_owned(), (now, mark));
+                self.order.push_back((now, id.to_owned()));
+            }
         }
         while self.order.len() > RECENT_FINISHES_MAX {
             self.pop_oldest();
@@ -299,5 +304,30 @@ impl Tracker {
             });
             !execs.is_empty()
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_executions_are_forgotten_in_order_and_stay_bounded() {
+        let mut r = RecentFinishes::default();
+        r.insert("a", None, 0);
+        r.insert("b", Some(5), MINUTE);
+        // Finishing again keeps "a" where it was, with the newer mark.
+        r.insert("a", Some(7), 2 * MINUTE);
+        assert_eq!(r.by_id["a"], (0, Some(7)));
+        r.expire(RECENT_FINISHES_FOR);
+        assert!(!r.by_id.contains_key("a") && r.by_id.contains_key("b"));
+        r.expire(RECENT_FINISHES_FOR + MINUTE);
+        assert!(r.by_id.is_empty() && r.order.is_empty());
+        for i in 0..RECENT_FINISHES_MAX + 10 {
+            r.insert(&i.to_string(), None, 0);
+        }
+        assert_eq!(r.by_id.len(), RECENT_FINISHES_MAX);
+        assert_eq!(r.order.len(), RECENT_FINISHES_MAX);
+        assert!(!r.by_id.contains_key("0"), "the oldest went first");
     }
 }
