@@ -777,3 +777,58 @@ async fn conversation_mode_counts_simulator_deliveries_exactly() {
     };
     simulator_deliveries(faults, 5, &["--kapso.discover-conversations", "30d"]).await;
 }
+
+/// The same check over random worlds, fault mixes and modes: `PROPTEST_CASES` cases (default
+/// 6, each about a second), seeded so that a failure reproduces.
+#[test]
+fn random_worlds_and_delivery_faults_never_overcount_and_are_exact_at_rest() {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, RngSeed, TestRunner};
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(6u32);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        rng_seed: RngSeed::Fixed(0x4b41_5053_4f10),
+        failure_persistence: None,
+        max_shrink_iters: 0,
+        ..Config::default()
+    });
+    let strategy = (
+        any::<u64>(),
+        0.0..0.5f64,
+        0.0..0.5f64,
+        prop_oneof![Just(0.0), 0.0..0.6f64],
+        any::<bool>(),
+        prop_oneof![Just(0u64), 0..120u64],
+        any::<bool>(),
+    );
+    let result = runner.run(
+        &strategy,
+        |(seed, dup, dup_new_key, lost, reorder, late, conversations)| {
+            let faults = WebhookFaults {
+                duplicate_rate: dup,
+                duplicate_new_key_rate: dup_new_key,
+                lost_rate: lost,
+                reorder,
+                late_by: Duration::from_secs(late),
+                ..WebhookFaults::default()
+            };
+            let extra: &[&str] = if conversations {
+                &["--kapso.discover-conversations", "30d"]
+            } else {
+                &[]
+            };
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(simulator_deliveries(faults, seed, extra));
+            Ok(())
+        },
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
