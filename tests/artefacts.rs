@@ -53,6 +53,8 @@ const METRICS: &[&str] = &[
     "kapso_api_requests_per_poll",
     "kapso_project_ready",
     "kapso_exporter_build_info",
+    "kapso_webhook_requests_total",
+    "kapso_webhook_last_accepted_timestamp_seconds",
 ];
 
 // ------------------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
 //! routing tree of `deploy/alertmanager.yml` to a webhook receiver in this test.
 //!
 //! The scenario makes every panel of both dashboards show data (not only zeros) and every alert
-//! fire. The exporter runs in process with six projects:
+//! fire. The exporter runs in process, with its webhook listener on, with seven projects:
 //!
 //! - `shop` (simulator A, project mode): in workflow Onboarding an execution `waiting` with no
 //!   event for 3 days (`KapsoExecutionsStalledWaiting`), in Escalation a `handoff` silent for 2
@@ -15,11 +15,17 @@
 //! - `budget` (simulator B, budget 60 per minute, polled every second with one request per poll):
 //!   `KapsoAPIBudgetNearlyExhausted`.
 //! - `wrongkey` (simulator A with a key it rejects, 401): `KapsoAPIKeyRejected` and
-//!   `KapsoProjectNotReady`.
+//!   `KapsoProjectNotReady`; the test also posts it webhook deliveries signed with a wrong
+//!   secret, and none with the right one (`KapsoWebhookSignaturesRejected`).
 //! - `throttled` (a fake API answering every request with 429): `KapsoAPIRateLimited` and
 //!   `KapsoProjectNotReady`.
 //! - `vanishing` (simulator C, failing every request once its first poll was scraped):
 //!   `KapsoDataStale`.
+//! - `hooked` (simulator D, polled every hour: only its first poll runs during the test): in
+//!   workflow Refunds 5 executions fail after that poll, and simulator D's webhook sender,
+//!   registered with the exporter's webhook URL, delivers their signed
+//!   `workflow.execution.failed` events; `KapsoWorkflowExecutionsFailing` (both severities) fires
+//!   from them alone, which the test checks by the project's poll count at the end.
 //!
 //! Job `kapso` has a second target on a closed port (`KapsoExporterDown`). The test also checks
 //! that no health alert fires about the healthy projects or the running exporter.
@@ -61,7 +67,9 @@ use clap::Parser;
 use kapso_exporter::app;
 use kapso_exporter::clock::Clock;
 use kapso_exporter::config::{Cli, Config};
-use kapso_exporter::simulator::{ExecStatus, Faults, Simulator, SimulatorConfig};
+use kapso_exporter::kapso::models::format_timestamp;
+use kapso_exporter::simulator::{EVENT_FAILED, ExecStatus, Faults, Simulator, SimulatorConfig};
+use kapso_exporter::webhook::WebhookSecret;
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 use time::OffsetDateTime;
@@ -75,6 +83,10 @@ const FOR: &str = "2s";
 /// Everything (start-up, every panel, every alert, every notification) must happen by then.
 const DEADLINE: Duration = Duration::from_secs(100);
 const WRONG_KEY: &str = "sk-revoked-0000000000000000";
+/// The webhook secret of every project (`webhook_secret_env` of the config file's defaults).
+const WEBHOOK_SECRET: &str = "whsec-e2e-0123456789";
+/// The secret of a misconfigured (or forged) webhook sender.
+const WRONG_WEBHOOK_SECRET: &str = "whsec-stale-9876543210";
 
 // ------------------------------------------------------------------------------------------------
 // Processes, temp dirs, tasks
@@ -569,6 +581,7 @@ fn expected_alerts(
     exporter: &str,
     closed: &str,
     workflows: &BTreeMap<&str, String>,
+    refunds: &str,
 ) -> Vec<Expected> {
     let s = |v: &str| v.to_owned();
     vec![
@@ -624,6 +637,31 @@ fn expected_alerts(
                 ("workflow", s("Payments")),
                 ("workflow_id", workflows["Payments"].clone()),
             ],
+        ),
+        // From webhooks only.
+        (
+            "KapsoWorkflowExecutionsFailing",
+            "critical",
+            vec![
+                ("project", s("hooked")),
+                ("workflow", s("Refunds")),
+                ("workflow_id", s(refunds)),
+                ("instance", s(exporter)),
+            ],
+        ),
+        (
+            "KapsoWorkflowExecutionsFailing",
+            "warning",
+            vec![
+                ("project", s("hooked")),
+                ("workflow", s("Refunds")),
+                ("workflow_id", s(refunds)),
+            ],
+        ),
+        (
+            "KapsoWebhookSignaturesRejected",
+            "warning",
+            vec![("project", s("wrongkey")), ("instance", s(exporter))],
         ),
         (
             "KapsoExecutionsStalledWaiting",
@@ -700,9 +738,12 @@ async fn dashboards_show_data_and_alerts_fire_through_alertmanager() {
     }));
     let budget = quiet_simulator(&clock, 1000);
     let vanishing = quiet_simulator(&clock, 100_000);
+    let hooks = quiet_simulator(&clock, 100_000);
+    let refunds = hooks.add_workflow("Refunds", "active");
     let shop_api = shop.spawn().await.unwrap();
     let budget_api = budget.spawn().await.unwrap();
     let vanishing_api = vanishing.spawn().await.unwrap();
+    let hooks_api = hooks.spawn().await.unwrap();
     let (throttled_addr, _throttled) = serve(axum::Router::new().fallback(always_429)).await;
 
     // --- The exporter, in process, on the same clock.
@@ -712,11 +753,14 @@ async fn dashboards_show_data_and_alerts_fire_through_alertmanager() {
         format!(
             "web:
   listen_address: 127.0.0.1:0
+webhook:
+  listen_address: 127.0.0.1:0
 poll:
   interval: 2s
 kapso:
   timeout: 900ms
   api_key_env: KEY
+  webhook_secret_env: WEBHOOK_SECRET
   rate_limit: 100000
 projects:
   - name: shop
@@ -737,10 +781,14 @@ projects:
     rate_limit: 1000
   - name: vanishing
     base_url: {vanishing}
+  - name: hooked
+    base_url: {hooks}
+    poll_interval: 1h
 ",
             shop = shop_api.base_url,
             budget = budget_api.base_url,
             vanishing = vanishing_api.base_url,
+            hooks = hooks_api.base_url,
         ),
     )
     .unwrap();
@@ -753,11 +801,21 @@ projects:
     let config = Config::load(&cli, &|name| match name {
         "KEY" => Some(KEY.to_owned()),
         "WRONG_KEY" => Some(WRONG_KEY.to_owned()),
+        "WEBHOOK_SECRET" => Some(WEBHOOK_SECRET.to_owned()),
         _ => None,
     })
     .unwrap();
     let exporter = app::start(config, clock.clone()).await.unwrap();
     let exporter_target = exporter.addr.to_string();
+    // Simulator D pushes its failures to the exporter's webhook listener, as Kapso would.
+    let hook_addr = exporter.webhook_addr.expect("the webhook listener is on");
+    assert!(hook_addr.ip().is_loopback(), "{hook_addr}");
+    hooks.register_webhook(
+        &format!("http://{hook_addr}/webhooks/kapso/hooked"),
+        WEBHOOK_SECRET,
+        &[EVENT_FAILED],
+    );
+    let _sender = Task(hooks.run_webhook_delivery(Duration::from_millis(250)));
     let closed_target = format!("127.0.0.1:{}", free_port());
 
     // --- Alertmanager and Prometheus.
@@ -854,6 +912,54 @@ projects:
         server_error_rate: 1.0,
         ..Faults::default()
     });
+    // `hooked`: once Prometheus saw its failure counter at zero after its first (and, during
+    // the test, only) poll, 5 executions of Refunds fail and only webhooks tell of them.
+    prom.wait_for(
+        deadline,
+        r#"kapso_workflow_executions_finished_total{project="hooked", workflow="Refunds", status="failed"} == 0"#,
+    )
+    .await;
+    let refund_execs: Vec<String> = (0..5)
+        .map(|_| hooks.start_execution(&refunds, None, ExecStatus::Running))
+        .collect();
+    for id in &refund_execs {
+        hooks.set_status(id, ExecStatus::Failed);
+    }
+    // `wrongkey` only gets deliveries signed with a wrong secret.
+    prom.wait_for(
+        deadline,
+        r#"kapso_webhook_requests_total{project="wrongkey", result="invalid_signature"} == 0"#,
+    )
+    .await;
+    for i in 0..4 {
+        let body = serde_json::to_vec(&serde_json::json!({
+            "event": EVENT_FAILED,
+            "occurred_at": format_timestamp(OffsetDateTime::now_utc()),
+            "workflow_id": "00000000-0000-4000-8000-000000000001",
+            "workflow_execution_id": format!("00000000-0000-4000-8000-00000000010{i}"),
+        }))
+        .unwrap();
+        let response = http
+            .post(format!("http://{hook_addr}/webhooks/kapso/wrongkey"))
+            .header("content-type", "application/json")
+            .header("x-webhook-event", EVENT_FAILED)
+            .header(
+                "x-webhook-signature",
+                WebhookSecret::new(WRONG_WEBHOOK_SECRET).sign(&body),
+            )
+            .header("x-idempotency-key", format!("e2e-forged-{i}"))
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+    // The accepted deliveries are visible in Prometheus.
+    prom.wait_for(
+        deadline,
+        r#"kapso_webhook_requests_total{project="hooked", result="accepted"} == 5"#,
+    )
+    .await;
 
     // --- Every panel target returns data, and not only zeros.
     let mut pending = panel_queries();
@@ -897,7 +1003,7 @@ projects:
     }
 
     // --- Every alert of the rule files fires in Prometheus, with the expected labels.
-    let expected = expected_alerts(&exporter_target, &closed_target, &workflows);
+    let expected = expected_alerts(&exporter_target, &closed_target, &workflows, &refunds);
     let covered: BTreeSet<(String, String)> = expected
         .iter()
         .map(|(n, s, _)| ((*n).to_owned(), (*s).to_owned()))
@@ -939,35 +1045,47 @@ projects:
         let name = label(alert, "alertname");
         let project = label(alert, "project");
         let right = match name {
-            n if n.starts_with("KapsoExecutions") || n.starts_with("KapsoWorkflow") => {
-                ["shop", "support"].contains(&project)
-            }
+            n if n.starts_with("KapsoExecutions") => ["shop", "support"].contains(&project),
+            n if n.starts_with("KapsoWorkflow") => ["shop", "hooked"].contains(&project),
             "KapsoExporterDown" => label(alert, "instance") == closed_target,
             "KapsoAPIBudgetNearlyExhausted" => project == "budget",
-            _ => !["shop", "support", "budget"].contains(&project),
+            "KapsoWebhookSignaturesRejected" => project == "wrongkey",
+            _ => !["shop", "support", "budget", "hooked"].contains(&project),
         };
         assert!(right, "false alarm: {}", alert["labels"]);
     }
 
     // --- The stall and failure alerts reach the receivers deploy/alertmanager.yml routes them to.
-    let find = |name: &str, severity: &str| {
+    let find = |name: &str, severity: &str, project: &str| {
         expected
             .iter()
-            .find(|(n, s, _)| *n == name && *s == severity)
+            .find(|(n, s, l)| {
+                *n == name
+                    && *s == severity
+                    && l.iter().any(|(k, v)| *k == "project" && v == project)
+            })
             .unwrap()
     };
     let delivered = [
         (
             "/kapso/chat",
-            find("KapsoExecutionsStalledWaiting", "warning"),
+            find("KapsoExecutionsStalledWaiting", "warning", "shop"),
         ),
         (
             "/kapso/support",
-            find("KapsoExecutionsHandoffUnattended", "warning"),
+            find("KapsoExecutionsHandoffUnattended", "warning", "shop"),
         ),
         (
             "/kapso/pager",
-            find("KapsoWorkflowExecutionsFailing", "critical"),
+            find("KapsoWorkflowExecutionsFailing", "critical", "shop"),
+        ),
+        (
+            "/kapso/pager",
+            find("KapsoWorkflowExecutionsFailing", "critical", "hooked"),
+        ),
+        (
+            "/kapso/chat",
+            find("KapsoWebhookSignaturesRejected", "warning", "wrongkey"),
         ),
     ];
     until(deadline, "the webhook notifications", || async {
@@ -985,7 +1103,7 @@ projects:
                         })
                 })
             })
-            .map(|(path, (n, s, _))| format!("{n} {s} at {path}"))
+            .map(|(path, (n, s, l))| format!("{n} {s} {l:?} at {path}"))
             .collect();
         if missing.is_empty() {
             Ok(())
@@ -1017,10 +1135,9 @@ projects:
     }
     // The critical failure alert inhibits the warning one of the same workflow.
     let am_api = format!("http://{am_addr}/api/v2/alerts");
-    until(
-        deadline,
-        "the warning failure alert to be inhibited",
-        || async {
+    for project in ["shop", "hooked"] {
+        let what = format!("the warning failure alert of {project} to be inhibited");
+        until(deadline, &what, || async {
             let alerts: Json = http
                 .get(&am_api)
                 .send()
@@ -1029,7 +1146,7 @@ projects:
                 .json()
                 .await
                 .map_err(|e| e.to_string())?;
-            let warning = find("KapsoWorkflowExecutionsFailing", "warning");
+            let warning = find("KapsoWorkflowExecutionsFailing", "warning", project);
             let inhibited = alerts.as_array().is_some_and(|list| {
                 list.iter().any(|a| {
                     matches(a, warning.0, warning.1, &warning.2)
@@ -1044,9 +1161,23 @@ projects:
             } else {
                 Err(format!("Alertmanager's alerts: {alerts}"))
             }
-        },
-    )
-    .await;
+        })
+        .await;
+    }
+    // `hooked`'s failures reached Prometheus through webhooks only: no poll ran after its
+    // first, and each failure was counted once.
+    let prom = &prom;
+    let only = |expr: &'static str| async move {
+        let result = prom.query(expr).await.unwrap();
+        let values: Vec<f64> = result.iter().flat_map(sample_values).collect();
+        (expr, values)
+    };
+    let (expr, polls) = only(r#"sum(kapso_polls_total{project="hooked"})"#).await;
+    assert_eq!(polls, [1.0], "{expr}");
+    let (expr, failed) =
+        only(r#"sum(kapso_workflow_executions_finished_total{project="hooked", status="failed"})"#)
+            .await;
+    assert_eq!(failed, [5.0], "{expr}");
 
     exporter.shutdown().await;
     drop(prometheus);
