@@ -380,7 +380,7 @@ impl Config {
         } else if file.projects.is_empty() {
             let fallback = env("KAPSO_API_KEY")
                 .filter(|k| !k.trim().is_empty())
-                .map(ApiKey::new);
+                .map(|k| ApiKey::new(k.trim()));
             projects.push(build_project(
                 defaults,
                 DEFAULT_PROJECT,
@@ -405,7 +405,7 @@ impl Config {
                 let fallback = if file.projects.len() == 1 {
                     env("KAPSO_API_KEY")
                         .filter(|k| !k.trim().is_empty())
-                        .map(ApiKey::new)
+                        .map(|k| ApiKey::new(k.trim()))
                 } else {
                     None
                 };
@@ -1170,5 +1170,12 @@ mod tests {
         let e = Config::load(&cli(&["--storage.path", &path]), &env_with_key).expect_err("file");
         assert!(e.to_string().contains("must be a directory"), "{e}");
         std::fs::remove_dir_all(&dir).expect("temp file");
+    }
+
+    #[test]
+    fn the_key_from_the_environment_is_trimmed() {
+        let env = |name: &str| (name == "KAPSO_API_KEY").then(|| "sk-test\n".to_owned());
+        let config = Config::load(&cli(&[]), &env).expect("valid");
+        assert_eq!(config.projects[0].api_key, ApiKey::new("sk-test"));
     }
 }
