@@ -222,6 +222,10 @@ impl Drop for Process {
 
 impl Process {
     fn start(base_url: &str, storage: &Path) -> Process {
+        Self::start_every(base_url, storage, "1s")
+    }
+
+    fn start_every(base_url: &str, storage: &Path, interval: &str) -> Process {
         let mut child = Command::new(BIN)
             .args([
                 "--kapso.base-url",
@@ -229,7 +233,7 @@ impl Process {
                 "--web.listen-address",
                 "127.0.0.1:0",
             ])
-            .args(["--poll.interval", "1s", "--kapso.timeout", "500ms"])
+            .args(["--poll.interval", interval, "--kapso.timeout", "500ms"])
             .arg("--storage.path")
             .arg(storage)
             .env("KAPSO_API_KEY", KEY)
@@ -357,5 +361,38 @@ async fn the_binary_killed_between_polls_continues_its_counters_and_counts_the_d
         "started and finished equal the truth, downtime included"
     );
     drop(second);
+    drop(server);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_the_state_once_more() {
+    let clock = Clock::system();
+    let sim = small_world(&clock, 12);
+    let server = sim.spawn().await.unwrap();
+    let url = server.base_url.to_string();
+    let dir = TempDir::new("restart-term");
+    let mut p = Process::start_every(&url, &dir.0, "1h");
+    let addr = p.address();
+    let written = |s: &Samples| value(s, "kapso_storage_writes_total", &[("result", "success")]);
+    until(&addr, "the first poll's write", |s| written(s) >= 1.0).await;
+    let file = dir.0.join("default.state.json");
+    let saved_at = |text: &str| -> i64 {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        v["saved_at"].as_i64().unwrap()
+    };
+    let first = saved_at(&std::fs::read_to_string(&file).unwrap());
+    std::thread::sleep(Duration::from_millis(20));
+    let status = Command::new("kill")
+        .args(["-s", "TERM", &p.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(
+        p.child.wait().unwrap().success(),
+        "{:?}",
+        p.lines.lock().unwrap()
+    );
+    let last = saved_at(&std::fs::read_to_string(&file).unwrap());
+    assert!(last > first, "saved again at shutdown: {first} then {last}");
     drop(server);
 }

@@ -195,11 +195,6 @@ impl Poller {
         self.tracker.clone()
     }
 
-    /// The project's name (its `project` label).
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Whether the project watches conversations rather than every workflow.
     pub fn conversation_mode(&self) -> bool {
         matches!(self.mode, Mode::Conversations { .. })
