@@ -2,7 +2,7 @@
 //!
 //! | path | answer |
 //! |---|---|
-//! | `/metrics` (`--web.telemetry-path`) | the metrics, classic text or OpenMetrics by `Accept` |
+//! | `/metrics` (`--web.telemetry-path`) | the metrics, classic text or OpenMetrics by `Accept`, gzip by `Accept-Encoding` |
 //! | `/` | landing page: name, version, links, each project's state |
 //! | `/-/healthy` | 200 while every supervised task runs; 503 naming the ones that panicked or ended (see [`crate::supervisor`]) |
 //! | `/-/ready` | 200 once every project completed its first poll and no supervised task failed, else 503 |
@@ -76,23 +76,56 @@ const CHUNKS_AHEAD: usize = 4;
 type Piece = Result<(Bytes, bool), std::io::Error>;
 
 /// Sends the exposition on in chunks as it is rendered, so a scrape holds a few chunks instead
-/// of the whole text.
+/// of the whole text; gzip-compressed as it goes when the client asked for it.
 struct ChunkWriter {
     buf: String,
     tx: tokio::sync::mpsc::Sender<Piece>,
+    gzip: Option<flate2::write::GzEncoder<Vec<u8>>>,
 }
 
 impl ChunkWriter {
     fn send(&mut self, last: bool) -> std::fmt::Result {
+        use std::io::Write as _;
         let chunk = std::mem::replace(
             &mut self.buf,
             String::with_capacity(if last { 0 } else { CHUNK + 4096 }),
         );
+        let bytes = match &mut self.gzip {
+            None => Bytes::from(chunk),
+            Some(gz) => {
+                gz.write_all(chunk.as_bytes())
+                    .map_err(|_| std::fmt::Error)?;
+                if last {
+                    let gz = self.gzip.take().ok_or(std::fmt::Error)?;
+                    Bytes::from(gz.finish().map_err(|_| std::fmt::Error)?)
+                } else {
+                    // What the encoder produced so far; it keeps its window for the rest.
+                    Bytes::from(std::mem::take(gz.get_mut()))
+                }
+            }
+        };
         // The receiver is gone when the client went away: stop rendering.
         self.tx
-            .blocking_send(Ok((Bytes::from(chunk), last)))
+            .blocking_send(Ok((bytes, last)))
             .map_err(|_| std::fmt::Error)
     }
+}
+
+/// Whether `Accept-Encoding` accepts gzip (a `gzip` or `*` coding whose q is not 0).
+fn accepts_gzip(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or("");
+            let q = parts
+                .find_map(|p| p.strip_prefix("q="))
+                .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok());
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && q.is_some_and(|q| q > 0.0)
+        })
 }
 
 impl std::fmt::Write for ChunkWriter {
@@ -108,6 +141,7 @@ impl std::fmt::Write for ChunkWriter {
 async fn metrics_handler(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let openmetrics = metrics::wants_openmetrics(accept);
+    let gzip = accepts_gzip(&headers);
     let registry = app.registry.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(CHUNKS_AHEAD);
     // Encoding large snapshots is CPU work; keep it off the async workers.
@@ -115,6 +149,10 @@ async fn metrics_handler(State(app): State<AppState>, headers: HeaderMap) -> Res
         let mut out = ChunkWriter {
             buf: String::with_capacity(CHUNK + 4096),
             tx,
+            gzip: gzip.then(|| {
+                // Level 1: most of the size for a fraction of the CPU of the default level.
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast())
+            }),
         };
         let rendered = metrics::render_into(&registry, openmetrics, &mut out);
         if rendered.and_then(|()| out.send(true)).is_err() {
@@ -150,9 +188,12 @@ async fn metrics_handler(State(app): State<AppState>, headers: HeaderMap) -> Res
         metrics::TEXT_CONTENT_TYPE
     };
     let mut response = Response::new(body);
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    if gzip {
+        h.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+    }
     response
 }
 

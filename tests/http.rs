@@ -201,6 +201,68 @@ async fn a_large_exposition_streams_the_same_text() {
         assert_eq!(body.len(), want.len());
         assert!(body == want, "the streamed body differs from one render");
         assert_eq!(body.ends_with("# EOF\n"), openmetrics);
+
+        // With Accept-Encoding: gzip (Prometheus sends it), the same text, compressed.
+        let mut req = Request::get("/metrics").header("accept-encoding", "gzip");
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        let resp = h
+            .exporter
+            .router
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-encoding"], "gzip");
+        assert_eq!(resp.headers()["vary"], "Accept-Encoding");
+        let packed = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&packed[..]), &mut text)
+            .unwrap();
+        assert!(text == want, "the gzip body decodes to the same text");
+        assert!(
+            packed.len() * 8 <= want.len(),
+            "{} compressed bytes of {}",
+            packed.len(),
+            want.len()
+        );
+    }
+    // A q of 0 refuses gzip; the plain text then.
+    for refusing in ["gzip;q=0", "identity", "br", "gzip; q=0.0, identity"] {
+        let resp = h
+            .exporter
+            .router
+            .clone()
+            .oneshot(
+                Request::get("/metrics")
+                    .header("accept-encoding", refusing)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert!(
+            resp.headers().get("content-encoding").is_none(),
+            "{refusing}"
+        );
+    }
+    for accepting in ["gzip", "deflate, gzip;q=0.5", "*", "GZIP"] {
+        let resp = h
+            .exporter
+            .router
+            .clone()
+            .oneshot(
+                Request::get("/metrics")
+                    .header("accept-encoding", accepting)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()["content-encoding"], "gzip", "{accepting}");
     }
 }
 
