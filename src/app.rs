@@ -189,7 +189,7 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
             }
         });
     }
-    let listener = TcpListener::bind(config.listen_address)
+    let listener = bind(config.listen_address)
         .await
         .with_context(|| format!("failed to listen on {}", config.listen_address))?;
     let addr = listener
@@ -201,7 +201,7 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
     }
     let webhook_listener = match &config.webhook {
         Some(w) => Some(
-            TcpListener::bind(w.address)
+            bind(w.address)
                 .await
                 .with_context(|| format!("failed to listen on {} for webhooks", w.address))?,
         ),
@@ -287,6 +287,23 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
         tasks: exporter.tasks,
         supervisor,
     })
+}
+
+/// Binds `addr`. `[::]` (what `:PORT` means) is a dual-stack socket where the host has IPv6
+/// (Linux's default), so IPv4 clients connect too; on a host without IPv6 it falls back to
+/// `0.0.0.0`, as Go exporters do.
+async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    match TcpListener::bind(addr).await {
+        Err(e)
+            if addr.ip() == std::net::Ipv6Addr::UNSPECIFIED
+                && e.kind() != std::io::ErrorKind::AddrInUse =>
+        {
+            let v4 = SocketAddr::from(([0, 0, 0, 0], addr.port()));
+            tracing::debug!(error = %e, "no IPv6 here; listening on {v4}");
+            TcpListener::bind(v4).await
+        }
+        other => other,
+    }
 }
 
 /// Runs until SIGTERM or SIGINT, then shuts down gracefully.

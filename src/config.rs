@@ -865,7 +865,8 @@ fn parse_duration(flag: &str, value: &str) -> Result<Duration, ConfigError> {
 /// `host:port`, `:port` (every interface) or `[v6]:port`.
 fn parse_listen_address(value: &str) -> Result<SocketAddr, ConfigError> {
     let full = if value.starts_with(':') {
-        format!("0.0.0.0{value}")
+        // Every interface, IPv6 and IPv4 (a dual-stack socket; see app::bind).
+        format!("[::]{value}")
     } else {
         value.to_owned()
     };

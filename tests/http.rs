@@ -305,3 +305,28 @@ async fn the_conversation_cap_keeps_the_most_stalled() {
         Some(4.0)
     );
 }
+
+/// `:PORT` listens on IPv6 and IPv4 (a dual-stack socket), as Go exporters do.
+#[tokio::test]
+async fn a_port_alone_listens_on_ipv4_and_ipv6() {
+    let sim = Simulator::empty(KEY, Clock::system());
+    let server = sim.spawn().await.unwrap();
+    let url = server.base_url.to_string();
+    let config = support::config(&["--kapso.base-url", &url, "--web.listen-address", ":0"]);
+    let running = kapso_exporter::app::start(config, Clock::system())
+        .await
+        .unwrap();
+    let port = running.addr.port();
+    let v4 = reqwest::get(format!("http://127.0.0.1:{port}/-/healthy")).await;
+    assert_eq!(v4.unwrap().status(), 200);
+    // A host without IPv6 skips this half (visibly; under CI=true it fails).
+    if support::require(
+        std::net::TcpListener::bind("[::1]:0").is_ok(),
+        "IPv6 loopback",
+    ) {
+        let v6 = reqwest::get(format!("http://[::1]:{port}/-/healthy")).await;
+        assert_eq!(v6.unwrap().status(), 200);
+    }
+    running.shutdown().await;
+    drop(server);
+}
