@@ -396,3 +396,42 @@ async fn sigterm_writes_the_state_once_more() {
     assert!(last > first, "saved again at shutdown: {first} then {last}");
     drop(server);
 }
+
+#[tokio::test]
+async fn a_failing_write_is_counted_and_polling_goes_on() {
+    let clock = Clock::manual(test_start());
+    let sim = small_world(&clock, 5);
+    let server = sim.spawn().await.unwrap();
+    let dir = TempDir::new("restart-fail");
+    let storage = dir.0.join("state");
+    std::fs::create_dir_all(&storage).unwrap();
+    let mut e = exporter(&server, &clock, Some(&storage));
+    poll_and_save(&mut e).await;
+    // The directory disappears and a file takes its name: every write fails from here.
+    std::fs::remove_dir_all(&storage).unwrap();
+    std::fs::write(&storage, b"not a directory").unwrap();
+    for _ in 0..2 {
+        clock.advance(Duration::from_secs(60));
+        sim.tick(Duration::from_secs(60));
+        poll_and_save(&mut e).await;
+    }
+    let s = shown(&e).await;
+    let writes = |result| {
+        get(
+            &s,
+            "kapso_storage_writes_total",
+            &[("project", "default"), ("result", result)],
+        )
+    };
+    assert_eq!(writes("success"), Some(1.0));
+    assert_eq!(writes("error"), Some(2.0));
+    assert_eq!(get(&s, "kapso_up", &[("project", "default")]), Some(1.0));
+    assert_eq!(
+        get(
+            &s,
+            "kapso_polls_total",
+            &[("project", "default"), ("result", "success")]
+        ),
+        Some(3.0)
+    );
+}
