@@ -17,7 +17,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kapso_exporter::clock::Clock;
-use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator, SimulatorConfig};
+use kapso_exporter::simulator::{
+    EVENT_FAILED, EVENT_HANDOFF, ExecStatus, GroundTruth, Simulator, SimulatorConfig, WebhookStats,
+};
 use support::{
     KEY, STALLABLE, Samples, THRESHOLDS, activity_between, ceiling, finished_between, get,
     lower_bound, parse, series,
@@ -158,6 +160,10 @@ struct Exporter {
 
 impl Exporter {
     fn start(sim_url: &str, args: &[&str]) -> Exporter {
+        Exporter::start_env(sim_url, args, &[])
+    }
+
+    fn start_env(sim_url: &str, args: &[&str], envs: &[(&str, &str)]) -> Exporter {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -173,6 +179,7 @@ impl Exporter {
             .args(["--log.level", "warn"])
             .args(args)
             .env("KAPSO_API_KEY", KEY)
+            .envs(envs.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -456,7 +463,25 @@ struct AccuracyRun {
     first_poll: PollRow,
     polls: Vec<PollRow>,
     series_checked: usize,
+    /// The first few mismatches of each poll, as text.
     mismatches: Vec<String>,
+    /// Every mismatch, all polls.
+    mismatch_count: usize,
+    /// Mismatches of `kapso_workflow_execution_handoffs_total`, all polls.
+    handoff_mismatches: usize,
+    /// Webhook statistics of the simulator at the end of the polls.
+    webhooks: WebhookStats,
+    /// `kapso_webhook_requests_total` of the project by result, at the end of the polls.
+    receiver: BTreeMap<String, u64>,
+    /// Longest wait after a poll until every queued event was delivered and counted.
+    webhook_settle_max: f64,
+    /// After each poll: (state file bytes, write duration seconds).
+    storage: Vec<(u64, f64)>,
+    /// `kapso_storage_writes_total` (success, error) at the end of the polls.
+    storage_writes: (u64, u64),
+    /// /metrics scrapes that ran while a state write was under way: their latencies.
+    scrapes_during_write: Vec<f64>,
+    poll_interval: &'static str,
     max_in_window: u64,
     rate_limited: u64,
     hwm_kib: u64,
@@ -488,10 +513,19 @@ async fn accuracy_run(scale: &Scale, o: &Options) -> AccuracyRun {
         "M" => "20s",
         _ => "60s",
     };
+    run.poll_interval = interval;
     let mut truth = sim.ground_truth();
     let url = server.base_url.to_string();
     let limit = UNLIMITED.to_string();
-    let mut exporter = Exporter::start(
+    let hook_listen = format!("127.0.0.1:{}", free_port());
+    let storage = std::env::temp_dir().join(format!(
+        "kapso-bench-storage-{}-{}",
+        std::process::id(),
+        scale.name
+    ));
+    let _ = std::fs::remove_dir_all(&storage);
+    std::fs::create_dir_all(&storage).unwrap();
+    let mut exporter = Exporter::start_env(
         &url,
         &[
             "--kapso.rate-limit",
@@ -502,8 +536,20 @@ async fn accuracy_run(scale: &Scale, o: &Options) -> AccuracyRun {
             "4s",
             "--metrics.max-conversations",
             "1000000",
+            "--webhook.listen-address",
+            &hook_listen,
+            "--storage.path",
+            storage.to_str().unwrap(),
         ],
+        &[("KAPSO_WEBHOOK_SECRET", WEBHOOK_SECRET)],
     );
+    // Only transitions from now on send events; the world first evolves after poll 1.
+    sim.register_webhook(
+        &format!("http://{hook_listen}/webhooks/kapso"),
+        WEBHOOK_SECRET,
+        &[EVENT_FAILED, EVENT_HANDOFF],
+    );
+    let delivery = sim.run_webhook_delivery(Duration::from_millis(200));
     let pid = exporter.pid();
     let mut last_tick = Instant::now();
     let mut stats_before = sim.stats().total;
@@ -515,9 +561,52 @@ async fn accuracy_run(scale: &Scale, o: &Options) -> AccuracyRun {
         exporter.wait_polls(poll, Duration::from_secs(900)).await;
         let requests = sim.stats().total - stats_before;
         let cpu = cpu_seconds(pid) - cpu_before;
-        let text = exporter.scrape().await;
-        let samples = parse(&text);
-        let now = OffsetDateTime::now_utc();
+        // Every event queued so far delivered (the world only changes between polls, so
+        // nothing is queued meanwhile), counted by the receiver, and this poll's state written.
+        let settle = Instant::now();
+        let settled_sim = settle_webhooks(&sim, Duration::from_secs(60)).await;
+        let (text, samples, now) = loop {
+            let t = Instant::now();
+            let text = exporter.scrape().await;
+            let took = t.elapsed().as_secs_f64();
+            let samples = parse(&text);
+            let now = OffsetDateTime::now_utc();
+            let writes = storage_writes(&samples);
+            if writes.0 + writes.1 < poll {
+                run.scrapes_during_write.push(took);
+            }
+            let stats = sim.webhook_stats();
+            let received: u64 = receiver_results(&samples).values().sum();
+            if writes.0 + writes.1 >= poll && received == stats.attempts {
+                break (text, samples, now);
+            }
+            if settle.elapsed() > Duration::from_secs(90) {
+                run.mismatch_count += 1;
+                run.mismatches.push(format!(
+                    "poll {poll}: not settled after 90 s: receiver answered {received} of {} \
+                     attempts, {} state writes",
+                    stats.attempts,
+                    writes.0 + writes.1
+                ));
+                break (text, samples, now);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if !settled_sim {
+            run.mismatch_count += 1;
+            run.mismatches.push(format!(
+                "poll {poll}: webhook deliveries not settled: {:?}",
+                sim.webhook_stats()
+            ));
+        }
+        run.webhook_settle_max = run.webhook_settle_max.max(settle.elapsed().as_secs_f64());
+        let p = [("project", "default")];
+        run.storage.push((
+            get(&samples, "kapso_storage_last_write_bytes", &p).unwrap_or(f64::NAN) as u64,
+            get(&samples, "kapso_storage_last_write_duration_seconds", &p).unwrap_or(f64::NAN),
+        ));
+        run.storage_writes = storage_writes(&samples);
+        run.receiver = receiver_results(&samples);
         let reported = get(
             &samples,
             "kapso_api_requests_per_poll",
@@ -536,7 +625,14 @@ async fn accuracy_run(scale: &Scale, o: &Options) -> AccuracyRun {
         .unwrap_or(f64::NAN);
         let (checked, bad) = compare(&samples, &truth, now);
         run.series_checked += checked;
-        run.mismatches.extend(bad.into_iter().take(5));
+        run.mismatch_count += bad.len();
+        let handoff_bad: Vec<&String> = bad.iter().filter(|m| m.contains(" handoffs ")).collect();
+        run.handoff_mismatches += handoff_bad.len();
+        if !handoff_bad.is_empty() {
+            explain_handoffs(&sim, &truth, &handoff_bad, poll);
+        }
+        run.mismatches
+            .extend(bad.iter().take(5).map(|m| format!("poll {poll}: {m}")));
         let row = PollRow {
             requests,
             bound: lower_bound(&truth, &finished),
@@ -571,6 +667,12 @@ async fn accuracy_run(scale: &Scale, o: &Options) -> AccuracyRun {
         stats_before = sim.stats().total;
         cpu_before = cpu_seconds(pid);
     }
+    delivery.abort();
+    run.webhooks = sim.webhook_stats();
+    eprintln!(
+        "  webhooks: {:?}; receiver: {:?}; storage writes {:?}, (bytes, seconds) {:?}",
+        run.webhooks, run.receiver, run.storage_writes, run.storage
+    );
     let stats = sim.stats();
     run.max_in_window = stats.max_in_window;
     run.rate_limited = stats.rate_limited;
@@ -597,7 +699,86 @@ async fn accuracy_run(scale: &Scale, o: &Options) -> AccuracyRun {
     run.rss_kib = rss;
     drop(exporter);
     server.shutdown().await;
+    let _ = std::fs::remove_dir_all(&storage);
     run
+}
+
+const WEBHOOK_SECRET: &str = "bench-webhook-secret";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until the simulator has no attempt queued or in flight: every event queued so far
+/// was answered (delivered, or dropped after its retries). `false` after `deadline`.
+async fn settle_webhooks(sim: &Simulator, deadline: Duration) -> bool {
+    let until = Instant::now() + deadline;
+    loop {
+        let s = sim.webhook_stats();
+        if s.pending == 0 && s.delivered + s.dropped >= s.queued + s.duplicates {
+            return true;
+        }
+        if Instant::now() > until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `kapso_storage_writes_total` of the project: (success, error).
+fn storage_writes(samples: &Samples) -> (u64, u64) {
+    let n = |result: &str| {
+        get(
+            samples,
+            "kapso_storage_writes_total",
+            &[("project", "default"), ("result", result)],
+        )
+        .unwrap_or(0.0) as u64
+    };
+    (n("success"), n("error"))
+}
+
+/// `kapso_webhook_requests_total` of the project, by result.
+fn receiver_results(samples: &Samples) -> BTreeMap<String, u64> {
+    series(samples, "kapso_webhook_requests_total")
+        .filter(|(l, _)| l.get("project").is_some_and(|p| p == "default"))
+        .map(|(l, v)| (l.get("result").cloned().unwrap_or_default(), v as u64))
+        .collect()
+}
+
+/// For handoff mismatches: the handoff events the simulator delivered per workflow, next to
+/// the ground truth's count, printed to stderr (execution ids of the workflow's events).
+fn explain_handoffs(sim: &Simulator, truth: &GroundTruth, bad: &[&String], poll: u64) {
+    let deliveries = sim.webhook_deliveries();
+    for w in &truth.workflows {
+        if !bad
+            .iter()
+            .any(|m| m.starts_with(&format!("{} handoffs ", w.name)))
+        {
+            continue;
+        }
+        let events: Vec<_> = deliveries
+            .iter()
+            .filter(|d| d.event == EVENT_HANDOFF && d.workflow_id == w.id)
+            .collect();
+        eprintln!(
+            "  poll {poll}: {} ({}): truth {} handoffs, {} handoff events delivered:",
+            w.name,
+            w.id,
+            truth.handoffs.get(&w.id).copied().unwrap_or(0),
+            events.len()
+        );
+        for d in events {
+            eprintln!(
+                "    {} at {} (attempt {}, duplicate {})",
+                d.execution_id, d.occurred_at, d.attempt, d.duplicate
+            );
+        }
+    }
 }
 
 fn percentile(v: &mut [f64], q: f64) -> f64 {
@@ -1016,7 +1197,12 @@ fn report(o: &Options, reports: &[ScaleReport], soak: Option<&Soak>, took: Durat
          every response and enforces the per-minute limit the exporter is given (it answers 429 \
          above it and records the most requests it accepted in any 60 s window). The exporter \
          is the release binary, a subprocess, so memory and CPU are its own (`VmHWM`, \
-         `utime + stime` from `/proc`). Scales:\n",
+         `utime + stime` from `/proc`). In the accuracy runs (requests per poll, correctness, \
+         /metrics, memory) webhooks and state storage are on: the simulator pushes its \
+         failures and handoffs to the exporter's webhook listener, and the exporter writes \
+         its counting state to `--storage.path` after every poll (see Correctness and State \
+         storage); the rate-limit, conversation-mode, soak and several-projects runs poll \
+         only. Scales:\n",
         LATENCY.as_millis()
     );
     let _ = writeln!(
@@ -1089,27 +1275,136 @@ fn report(o: &Options, reports: &[ScaleReport], soak: Option<&Soak>, took: Durat
         "After every poll, every series of the metric contract was compared with \
          `Simulator::ground_truth()` (counts and counters exactly; gauges computed from the \
          wall clock at scrape time within {CLOCK_SLACK} s, since exporter and benchmark read \
-         the clock separately).\n"
+         the clock separately). Webhooks are on in these runs: the exporter listens on a second \
+         port (`--webhook.listen-address`, secret in `KAPSO_WEBHOOK_SECRET`), the simulator \
+         registered that URL for `{EVENT_FAILED}` and `{EVENT_HANDOFF}` and delivers every \
+         200 ms (`Simulator::run_webhook_delivery`), so the events of an interval race with \
+         the next poll as they would against Kapso. Before each comparison the benchmark waits \
+         until the simulator has no attempt queued or in flight and the receiver's \
+         `kapso_webhook_requests_total` equals the simulator's attempts (the world only \
+         changes between polls, so nothing is queued meanwhile); the comparison is then \
+         deterministic. Handoffs that start and end between two polls are seen by the \
+         webhooks only.\n"
     );
     let _ = writeln!(
         w,
-        "| scale | polls | series compared | mismatches | max requests in a 60 s window (simulator) | 429 answers |\n|---|---|---|---|---|---|"
+        "| scale | polls | series compared | mismatches | of them hand-offs | max requests in a 60 s window (simulator) | 429 answers |\n|---|---|---|---|---|---|---|"
     );
     for r in reports {
         let _ = writeln!(
             w,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             r.scale.name,
             1 + r.acc.polls.len(),
             r.acc.series_checked,
-            r.acc.mismatches.len(),
+            r.acc.mismatch_count,
+            r.acc.handoff_mismatches,
             r.acc.max_in_window,
             r.acc.rate_limited
         );
         for m in &r.acc.mismatches {
-            let _ = writeln!(w, "|  | mismatch: {m} | | | | |");
+            let _ = writeln!(w, "|  | mismatch: {m} | | | | | |");
         }
     }
+    let _ = writeln!(
+        w,
+        "\nWebhook deliveries during the accuracy runs (simulator's counts; receiver: the \
+         exporter's `kapso_webhook_requests_total` by result; settle: the longest wait after a \
+         poll until every event was delivered and counted):\n"
+    );
+    let _ = writeln!(
+        w,
+        "| scale | events queued | failed events | handoff events | delivered | failed attempts | dropped | receiver | settle (max) |\n|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in reports {
+        let h = &r.acc.webhooks;
+        let ev = |name: &str| h.by_event.get(name).map_or(0, |c| c.queued);
+        let receiver = r
+            .acc
+            .receiver
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.2} s |",
+            r.scale.name,
+            h.queued,
+            ev(EVENT_FAILED),
+            ev(EVENT_HANDOFF),
+            h.delivered,
+            h.failed_attempts,
+            h.dropped,
+            if receiver.is_empty() {
+                "-".to_owned()
+            } else {
+                receiver
+            },
+            r.acc.webhook_settle_max
+        );
+    }
+    let _ = writeln!(w, "\n## State storage\n");
+    let _ = writeln!(
+        w,
+        "The accuracy runs also ran with `--storage.path` (a fresh temporary directory): after \
+         every successful poll the exporter writes its counting state (tracker and webhook \
+         dedupe window). Size and duration are the exporter's \
+         `kapso_storage_last_write_bytes` and `kapso_storage_last_write_duration_seconds` \
+         (encoding and fsync), read after each poll once that poll's write was counted in \
+         `kapso_storage_writes_total`.\n"
+    );
+    let _ = writeln!(
+        w,
+        "| scale | poll interval | writes (ok / error) | state file, last | p50 | max | write duration, last | p50 | max | scrapes during a write |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in reports {
+        let a = &r.acc;
+        let mut sizes: Vec<f64> = a.storage.iter().map(|x| x.0 as f64).collect();
+        let mut durs: Vec<f64> = a.storage.iter().map(|x| x.1).collect();
+        let last = a.storage.last().copied().unwrap_or((0, f64::NAN));
+        let size_max = sizes.iter().copied().fold(f64::NAN, f64::max);
+        let dur_max = durs.iter().copied().fold(f64::NAN, f64::max);
+        let mut during = a.scrapes_during_write.clone();
+        let during = if during.is_empty() {
+            "none".to_owned()
+        } else {
+            format!(
+                "{}, p50 {:.1} ms, max {:.1} ms",
+                during.len(),
+                percentile(&mut during, 0.5) * 1000.0,
+                during.iter().copied().fold(f64::NAN, f64::max) * 1000.0
+            )
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} / {} | {} | {} | {} | {:.1} ms | {:.1} ms | {:.1} ms | {} |",
+            r.scale.name,
+            a.poll_interval,
+            a.storage_writes.0,
+            a.storage_writes.1,
+            bytes(last.0 as f64),
+            bytes(percentile(&mut sizes, 0.5)),
+            bytes(size_max),
+            last.1 * 1000.0,
+            percentile(&mut durs, 0.5) * 1000.0,
+            dur_max * 1000.0,
+            during
+        );
+    }
+    let _ = writeln!(
+        w,
+        "\nThe write does not hold up the poll it saves: it starts after the poll has \
+         completed and published its snapshot (the state is encoded on the poll's task under \
+         the tracker's lock, then written and fsynced on a blocking thread). The next poll \
+         starts after the write, which matters only if a write took longer than the rest of \
+         the interval (compare the durations with the poll interval). /metrics serves the \
+         published snapshot and does not take the tracker's lock, so scrapes are not held up \
+         either (the last column: scrapes the benchmark made while a write was still \
+         uncounted, to compare with the /metrics latency below); a webhook delivery arriving \
+         during the encoding waits for the lock.\n"
+    );
     let _ = writeln!(w, "\n## Poll wall time under the rate limit\n");
     let _ = writeln!(
         w,
@@ -1256,6 +1551,18 @@ fn report(o: &Options, reports: &[ScaleReport], soak: Option<&Soak>, took: Durat
     }
     goals(w, reports, soak);
     d
+}
+
+fn bytes(b: f64) -> String {
+    if b.is_nan() {
+        "-".to_owned()
+    } else if b >= 1048576.0 {
+        format!("{:.1} MiB", b / 1048576.0)
+    } else if b >= 1024.0 {
+        format!("{:.1} KiB", b / 1024.0)
+    } else {
+        format!("{b:.0} B")
+    }
 }
 
 fn met(ok: bool) -> &'static str {
