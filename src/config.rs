@@ -715,6 +715,13 @@ fn build_project(
             )
         })?
     };
+    // Checked here, not when the client is built after the port is bound.
+    if axum::http::HeaderValue::from_str(api_key.expose()).is_err() {
+        return Err(ctx(
+            "the Kapso API key contains characters an HTTP header cannot carry (control characters or non-ASCII)"
+                .to_owned(),
+        ));
+    }
     let rate_limit = p.rate_limit.unwrap_or(DEFAULT_RATE_LIMIT);
     if rate_limit == 0 {
         return Err(ctx(
@@ -1178,5 +1185,16 @@ mod tests {
         let env = |name: &str| (name == "KAPSO_API_KEY").then(|| "sk-test\n".to_owned());
         let config = Config::load(&cli(&[]), &env).expect("valid");
         assert_eq!(config.projects[0].api_key, ApiKey::new("sk-test"));
+    }
+
+    #[test]
+    fn a_key_no_header_can_carry_is_a_configuration_error() {
+        let env = |name: &str| (name == "KAPSO_API_KEY").then(|| "sk-te\u{7}st".to_owned());
+        let e = Config::load(&cli(&[]), &env).expect_err("invalid");
+        assert!(e.to_string().contains("HTTP header"), "{e}");
+        assert!(
+            !e.to_string().contains("sk-te"),
+            "the key is not shown: {e}"
+        );
     }
 }
