@@ -1,5 +1,6 @@
 //! The `kapso-exporter` binary: parse, validate, log, run; errors become one line and an exit
-//! code (64 for bad configuration, 1 for runtime failures).
+//! code (64 for bad configuration, 69 when it cannot start: a port in use, an unusable
+//! `--storage.path`).
 
 use std::process::ExitCode;
 
@@ -14,6 +15,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// Exit code of a usage or configuration error (sysexits EX_USAGE).
 const EXIT_CONFIG: u8 = 64;
+/// Exit code when a valid configuration cannot start: a port in use, a storage directory that
+/// cannot be written (sysexits EX_UNAVAILABLE).
+const EXIT_START: u8 = 69;
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -69,9 +73,9 @@ fn main() -> ExitCode {
     match runtime.block_on(app::run(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Once, in the log's format (the log goes to stderr).
             tracing::error!("{e:#}");
-            eprintln!("kapso-exporter: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(EXIT_START)
         }
     }
 }

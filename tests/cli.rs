@@ -270,3 +270,16 @@ fn ureq_get(url: &str) -> std::io::Result<String> {
     }
     Ok(body.to_owned())
 }
+
+/// A port in use: one error line, exit 69, distinct from a configuration error.
+#[test]
+fn a_port_in_use_is_one_line_and_exit_69() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = run(&["--demo", "--web.listen-address", &addr], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(&addr)).collect();
+    assert_eq!(errors.len(), 1, "said once: {stderr}");
+    assert!(errors[0].contains("failed to listen on"), "{stderr}");
+}
