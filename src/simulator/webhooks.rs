@@ -288,29 +288,18 @@ impl Webhooks {
     }
 
     /// Registers a webhook at `now_us`; returns its index.
-    #[expect(clippy::too_many_arguments, reason = "a webhook has that many fields")]
-    fn add(
-        &mut self,
-        url: String,
-        kind: String,
-        secret_key: String,
-        active: bool,
-        events: Vec<String>,
-        payload_version: String,
-        headers: Map<String, Value>,
-        now_us: i64,
-    ) -> usize {
+    fn add(&mut self, new: NewWebhook, now_us: i64) -> usize {
         let id = new_uuid(&mut self.rng);
         self.hooks.push(Webhook {
             id,
-            url,
-            kind,
-            events,
-            active,
+            url: new.url,
+            kind: new.kind,
+            events: new.events,
+            active: new.active,
             created_us: now_us,
-            secret_key,
-            headers,
-            payload_version,
+            secret_key: new.secret_key,
+            headers: new.headers,
+            payload_version: new.payload_version,
         });
         self.hooks.len() - 1
     }
@@ -318,13 +307,15 @@ impl Webhooks {
     /// Registers a Kapso-kind, active, v2 webhook; returns its id.
     pub fn register(&mut self, url: &str, secret: &str, events: &[&str], now_us: i64) -> u128 {
         let i = self.add(
-            url.to_owned(),
-            "kapso".to_owned(),
-            secret.to_owned(),
-            true,
-            events.iter().map(|e| (*e).to_owned()).collect(),
-            "v2".to_owned(),
-            Map::new(),
+            NewWebhook {
+                url: url.to_owned(),
+                kind: "kapso".to_owned(),
+                secret_key: secret.to_owned(),
+                active: true,
+                events: events.iter().map(|e| (*e).to_owned()).collect(),
+                payload_version: "v2".to_owned(),
+                headers: Map::new(),
+            },
             now_us,
         );
         self.hooks[i].id
@@ -691,16 +682,7 @@ async fn create(State(sh): State<Arc<Shared>>, body: Bytes) -> Response {
     world.record_transitions();
     let project_id = world.project_id;
     let mut hooks = lock(&sh.webhooks);
-    let i = hooks.add(
-        new.url,
-        new.kind,
-        new.secret_key,
-        new.active,
-        new.events,
-        new.payload_version,
-        new.headers,
-        now_us,
-    );
+    let i = hooks.add(new, now_us);
     let data = hooks.render(&hooks.hooks[i], project_id);
     (StatusCode::CREATED, axum::Json(json!({ "data": data }))).into_response()
 }
