@@ -32,16 +32,14 @@ pub fn from_micros(m: Micros) -> OffsetDateTime {
 
 /// RFC 3339 in UTC to the second, as people read it (`2026-12-01T19:06:34Z`).
 pub fn rfc3339_seconds(t: OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second()
-    )
+    t.to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
 }
 
 /// `t`, if it is a believable Kapso timestamp at local time `now`: not more than a day ahead
@@ -104,6 +102,12 @@ impl Clock {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn rfc3339_seconds_drops_the_fraction_and_the_offset() {
+        let t = time::macros::datetime!(2026-12-01 21:06:34.189351611 +02:00);
+        assert_eq!(super::rfc3339_seconds(t), "2026-12-01T19:06:34Z");
+    }
+
     use super::*;
 
     #[test]

@@ -109,9 +109,14 @@ impl RecentFinishes {
     }
 }
 
-/// Whether an entry into handoff at `t` is one already counted at `mark`.
-fn entry_counted(mark: Option<Micros>, t: Micros) -> bool {
-    mark.is_some_and(|m| t <= m.saturating_add(PRECISION_SLACK))
+/// Whether an entry into handoff at `t` is new: not the one counted at `mark` (at most one
+/// precision step later). A new entry moves the mark on.
+fn new_entry(mark: &mut Option<Micros>, t: Micros) -> bool {
+    if mark.is_some_and(|m| t <= m.saturating_add(PRECISION_SLACK)) {
+        return false;
+    }
+    *mark = Some(mark.map_or(t, |m| m.max(t)));
+    true
 }
 
 /// What an event did to an execution the tracker remembers.
@@ -150,15 +155,11 @@ fn decide(
                         ..Decision::default()
                     }
                 }
-                EventKind::Handoff if entry_counted(e.handoff_mark, t) => Decision::default(),
-                EventKind::Handoff => {
-                    e.handoff_mark = Some(e.handoff_mark.map_or(t, |m| m.max(t)));
-                    Decision {
-                        handoff: true,
-                        workflow,
-                        ..Decision::default()
-                    }
-                }
+                EventKind::Handoff => Decision {
+                    handoff: new_entry(&mut e.handoff_mark, t),
+                    workflow,
+                    ..Decision::default()
+                },
             }
         }
         Exec::Early(e) => {
@@ -172,14 +173,10 @@ fn decide(
                         ..Decision::default()
                     }
                 }
-                EventKind::Handoff if entry_counted(e.handoff_mark, t) => Decision::default(),
-                EventKind::Handoff => {
-                    e.handoff_mark = Some(e.handoff_mark.map_or(t, |m| m.max(t)));
-                    Decision {
-                        handoff: true,
-                        ..Decision::default()
-                    }
-                }
+                EventKind::Handoff => Decision {
+                    handoff: new_entry(&mut e.handoff_mark, t),
+                    ..Decision::default()
+                },
             }
         }
         Exec::Seen(_) => finished.map_or_else(Decision::default, |r| late(r, ev, id)),
@@ -193,12 +190,8 @@ fn late(finished: &mut RecentFinishes, ev: &Event, id: &str) -> Decision {
     let Some((_, mark)) = finished.by_id.get_mut(id) else {
         return Decision::default();
     };
-    if ev.kind == EventKind::Failed || entry_counted(*mark, ev.occurred_at) {
-        return Decision::default();
-    }
-    *mark = Some(mark.map_or(ev.occurred_at, |m| m.max(ev.occurred_at)));
     Decision {
-        handoff: true,
+        handoff: ev.kind == EventKind::Handoff && new_entry(mark, ev.occurred_at),
         ..Decision::default()
     }
 }
