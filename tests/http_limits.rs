@@ -92,6 +92,27 @@ fn is_timeout(e: &std::io::Error) -> bool {
     )
 }
 
+/// Every one of `hogs` is closed by the server within 15 s.
+async fn assert_closed(hogs: Vec<TcpStream>) {
+    tokio::task::spawn_blocking(move || {
+        for mut s in hogs {
+            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+            let mut buf = [0u8; 64];
+            let closed = loop {
+                match s.read(&mut buf) {
+                    Ok(0) => break true,
+                    Err(e) if is_timeout(&e) => break false,
+                    Err(_) => break true,
+                    Ok(_) => {}
+                }
+            };
+            assert!(closed, "a slow client is still connected");
+        }
+    })
+    .await
+    .unwrap();
+}
+
 fn polls(running: &Running) -> u64 {
     state::read(&running.projects[0]).polls_success
 }
@@ -296,23 +317,7 @@ async fn slow_clients_filling_every_slot_do_not_stall_the_poller() {
         answered_at.duration_since(hogged_at)
     );
     // The server closed the slow clients.
-    tokio::task::spawn_blocking(move || {
-        for mut s in hogs {
-            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-            let mut buf = [0u8; 64];
-            let closed = loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break true,
-                    Err(e) if is_timeout(&e) => break false,
-                    Err(_) => break true,
-                    Ok(_) => {}
-                }
-            };
-            assert!(closed, "a slow client is still connected");
-        }
-    })
-    .await
-    .unwrap();
+    assert_closed(hogs).await;
     running.shutdown().await;
 }
 
@@ -596,23 +601,7 @@ async fn slow_clients_filling_every_webhook_slot_stall_neither_the_poller_nor_th
         answered_at.duration_since(hogged_at)
     );
     // The server closed the slow clients.
-    tokio::task::spawn_blocking(move || {
-        for mut s in hogs {
-            s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-            let mut buf = [0u8; 64];
-            let closed = loop {
-                match s.read(&mut buf) {
-                    Ok(0) => break true,
-                    Err(e) if is_timeout(&e) => break false,
-                    Err(_) => break true,
-                    Ok(_) => {}
-                }
-            };
-            assert!(closed, "a slow client is still connected");
-        }
-    })
-    .await
-    .unwrap();
+    assert_closed(hogs).await;
     running.shutdown().await;
 }
 
