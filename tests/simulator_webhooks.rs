@@ -140,18 +140,9 @@ fn fail_many(sim: &Simulator, clock: &Clock, wf: &str, n: usize) -> Vec<String> 
         .collect()
 }
 
+/// The simulator's form: UTC, six fractional digits (the documented cursor form).
 fn rfc3339(t: OffsetDateTime) -> String {
-    // The simulator's form: UTC, six fractional digits.
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:06}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.microsecond()
-    )
+    kapso_exporter::kapso::models::format_timestamp(t)
 }
 
 #[tokio::test]
