@@ -171,22 +171,12 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
             p.webhook_secret = Some(crate::webhook::WebhookSecret::new(secret.clone()));
         }
         demo_webhooks = Some((sim.clone(), secret));
-        let mut ticker = sim.run_ticker(Duration::from_secs(1));
+        let ticker = sim.run_ticker(Duration::from_secs(1));
         let token = cancel.clone();
         supervisor.spawn("simulator", async move {
-            // The simulator serves and evolves until shutdown; a ticker that panicked fails
-            // this task with the ticker's panic, so that it is not lost.
+            // The simulator serves and evolves until shutdown.
             let _running = running;
-            tokio::select! {
-                _ = token.cancelled() => ticker.abort(),
-                ended = &mut ticker => {
-                    if let Err(e) = ended {
-                        if e.is_panic() {
-                            std::panic::resume_unwind(e.into_panic());
-                        }
-                    }
-                }
-            }
+            until_cancelled(ticker, token).await;
         });
     }
     let listener = bind(config.listen_address)
@@ -262,21 +252,12 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
             addr
         };
         let url = format!("{scheme}://{host}/webhooks/kapso");
-        let (_, mut driver) = sim.start_webhooks(&url, &secret);
+        let (_, driver) = sim.start_webhooks(&url, &secret);
         tracing::info!(url = %url, "demo: the simulator sends its webhooks here");
-        let token = cancel.clone();
-        supervisor.spawn("simulator-webhooks", async move {
-            tokio::select! {
-                _ = token.cancelled() => driver.abort(),
-                ended = &mut driver => {
-                    if let Err(e) = ended {
-                        if e.is_panic() {
-                            std::panic::resume_unwind(e.into_panic());
-                        }
-                    }
-                }
-            }
-        });
+        supervisor.spawn(
+            "simulator-webhooks",
+            until_cancelled(driver, cancel.clone()),
+        );
     }
     tracing::info!(web = %config.web.describe(), max_connections = config.web_limits.max_connections, "HTTP server configured");
     tracing::info!(address = %addr, path = %config.telemetry_path, "serving metrics");
@@ -287,6 +268,22 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
         tasks: exporter.tasks,
         supervisor,
     })
+}
+
+/// Waits for the background task `task` of the demo simulator until `token` fires (then
+/// aborts it); a task that panicked fails the caller with its panic, so that the supervisor
+/// sees it.
+async fn until_cancelled(mut task: tokio::task::JoinHandle<()>, token: CancellationToken) {
+    tokio::select! {
+        _ = token.cancelled() => task.abort(),
+        ended = &mut task => {
+            if let Err(e) = ended {
+                if e.is_panic() {
+                    std::panic::resume_unwind(e.into_panic());
+                }
+            }
+        }
+    }
 }
 
 /// Binds `addr`. `[::]` (what `:PORT` means) is a dual-stack socket where the host has IPv6
