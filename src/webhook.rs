@@ -205,7 +205,7 @@ pub struct RecentFailure {
     pub message: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 struct Stats {
     results: BTreeMap<&'static str, u64>,
     last_accepted: Option<OffsetDateTime>,
@@ -491,13 +491,7 @@ impl Collector for WebhookCollector {
             .projects
             .iter()
             .map(|(name, p)| {
-                let s = lock(&p.stats);
-                let copy = Stats {
-                    results: s.results.clone(),
-                    last_accepted: s.last_accepted,
-                    handoff_sources: s.handoff_sources.clone(),
-                    failures: VecDeque::new(),
-                };
+                let copy = lock(&p.stats).clone();
                 (name.as_str(), copy, lock(&p.endpoint.deliveries).len())
             })
             .collect();
