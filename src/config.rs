@@ -30,6 +30,7 @@ pub const DEMO_RATE_LIMIT: u32 = 800;
 pub const DEMO_POLL_INTERVAL: Duration = Duration::from_secs(15);
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_CONVERSATIONS: usize = 10_000;
+pub const DEFAULT_MAX_STEPS_PER_WORKFLOW: usize = 50;
 pub const DEFAULT_STALL_THRESHOLDS: [u64; 6] = [60, 300, 900, 3600, 14400, 86400];
 pub const DEFAULT_MAX_CONNECTIONS: usize = 64;
 
@@ -106,6 +107,9 @@ pub struct Cli {
     /// Most conversations exported in per-conversation series, most stalled first [default: 10000]
     #[arg(long = "metrics.max-conversations", value_name = "N")]
     pub max_conversations: Option<usize>,
+    /// Most steps per workflow with series of their own; the least populated fold into step="other" [default: 50]
+    #[arg(long = "metrics.max-steps-per-workflow", value_name = "N")]
+    pub max_steps_per_workflow: Option<usize>,
     /// Stall thresholds of kapso_workflow_executions_stalled, comma-separated [default: 1m,5m,15m,1h,4h,1d]
     #[arg(
         long = "metrics.stall-thresholds",
@@ -148,6 +152,8 @@ pub struct Config {
     pub log_level: tracing::Level,
     pub log_format: LogFormat,
     pub max_conversations: usize,
+    /// Steps per workflow with series of their own (at least 1).
+    pub max_steps_per_workflow: usize,
     /// Sorted, distinct, non-zero.
     pub stall_thresholds: Vec<Duration>,
     pub demo: bool,
@@ -291,6 +297,7 @@ struct FilePoll {
 #[serde(deny_unknown_fields)]
 struct FileMetrics {
     max_conversations: Option<usize>,
+    max_steps_per_workflow: Option<usize>,
     stall_thresholds: Option<Vec<String>>,
 }
 
@@ -507,6 +514,15 @@ impl Config {
             .max_conversations
             .or(file.metrics.max_conversations)
             .unwrap_or(DEFAULT_MAX_CONVERSATIONS);
+        let max_steps_per_workflow = cli
+            .max_steps_per_workflow
+            .or(file.metrics.max_steps_per_workflow)
+            .unwrap_or(DEFAULT_MAX_STEPS_PER_WORKFLOW);
+        if max_steps_per_workflow == 0 {
+            return Err(err(
+                "--metrics.max-steps-per-workflow must be at least 1",
+            ));
+        }
         let thresholds: Vec<String> = if !cli.stall_thresholds.is_empty() {
             cli.stall_thresholds.clone()
         } else if let Some(t) = file.metrics.stall_thresholds {
@@ -610,6 +626,7 @@ impl Config {
             log_level,
             log_format,
             max_conversations,
+            max_steps_per_workflow,
             stall_thresholds,
             demo: cli.demo,
             demo_variance,
