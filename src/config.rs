@@ -519,9 +519,7 @@ impl Config {
             .or(file.metrics.max_steps_per_workflow)
             .unwrap_or(DEFAULT_MAX_STEPS_PER_WORKFLOW);
         if max_steps_per_workflow == 0 {
-            return Err(err(
-                "--metrics.max-steps-per-workflow must be at least 1",
-            ));
+            return Err(err("--metrics.max-steps-per-workflow must be at least 1"));
         }
         let thresholds: Vec<String> = if !cli.stall_thresholds.is_empty() {
             cli.stall_thresholds.clone()

@@ -38,6 +38,83 @@ pub struct ConversationSeries {
     pub oldest_last_event: Option<i64>,
 }
 
+/// A step of a workflow graph as the step series label it: `current_step.identifier` and
+/// `current_step.stepable_type` (both empty for rows without `current_step`).
+#[derive(
+    Clone,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
+pub struct StepKey {
+    pub id: Arc<str>,
+    pub step_type: Arc<str>,
+}
+
+impl StepKey {
+    /// The step label value that the steps beyond `--metrics.max-steps-per-workflow` share.
+    pub const OTHER: &'static str = "other";
+
+    /// The series the steps beyond the cap share.
+    pub fn other() -> Self {
+        Self {
+            id: Arc::from(Self::OTHER),
+            step_type: Arc::from(""),
+        }
+    }
+}
+
+/// Live executions of one (workflow, step), by live status in [`ExecutionStatus::LIVE`] order.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StepSeries {
+    pub workflow_id: Arc<str>,
+    pub step: StepKey,
+    pub count: [u64; 3],
+    /// Unix microseconds of the oldest `last_event_at` per live status, if any is known.
+    pub oldest_last_event: [Option<i64>; 3],
+}
+
+impl StepSeries {
+    pub fn empty(workflow_id: Arc<str>, step: StepKey) -> Self {
+        Self {
+            workflow_id,
+            step,
+            count: [0; 3],
+            oldest_last_event: [None; 3],
+        }
+    }
+
+    /// Adds `n` executions in `status` whose oldest `last_event_at` is `oldest`.
+    pub fn add(&mut self, status: ExecutionStatus, n: u64, oldest: Option<i64>) {
+        let Some(i) = ExecutionStatus::LIVE.iter().position(|s| *s == status) else {
+            return;
+        };
+        self.count[i] += n;
+        self.oldest_last_event[i] = match (self.oldest_last_event[i], oldest) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Adds another step's executions (folding it into this one).
+    pub fn merge(&mut self, other: &StepSeries) {
+        for (i, s) in ExecutionStatus::LIVE.into_iter().enumerate() {
+            self.add(s, other.count[i], other.oldest_last_event[i]);
+        }
+    }
+
+    /// Live executions at the step.
+    pub fn total(&self) -> u64 {
+        self.count.iter().sum()
+    }
+}
+
 /// Whether one workflow's last poll committed, and when one last did (project mode).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkflowHealth {
@@ -54,6 +131,8 @@ pub struct CounterSnapshot {
     pub started: BTreeMap<Arc<str>, u64>,
     pub finished: BTreeMap<(Arc<str>, ExecutionStatus), u64>,
     pub handoffs: BTreeMap<Arc<str>, u64>,
+    /// Failed executions by (workflow, the step the failed row showed).
+    pub step_failures: BTreeMap<(Arc<str>, StepKey), u64>,
 }
 
 /// Everything one successful poll established.
@@ -67,6 +146,9 @@ pub struct Snapshot {
     pub conversations: Vec<ConversationSeries>,
     /// Conversations with a live execution, before the cap.
     pub conversations_total: usize,
+    /// Per (workflow, step) with a live execution or seen within the last hour, sorted; the
+    /// least populated steps past `--metrics.max-steps-per-workflow` folded into `other`.
+    pub steps: Vec<StepSeries>,
     /// The counters as of this snapshot; `ProjectState::counters` may be newer.
     pub counters: Arc<CounterSnapshot>,
     /// Per workflow (project mode): whether its last poll committed.

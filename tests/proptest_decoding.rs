@@ -509,7 +509,11 @@ fn config_file() -> impl Strategy<Value = String> {
         section(&["listen_address", "telemetry_path"]),
         section(&["level", "format"]),
         section(&["interval"]),
-        section(&["max_conversations", "max_steps_per_workflow", "stall_thresholds"]),
+        section(&[
+            "max_conversations",
+            "max_steps_per_workflow",
+            "stall_thresholds",
+        ]),
         section(PROJECT_KEYS),
         prop::collection::vec(section(PROJECT_KEYS), 0..3),
         prop::sample::subsequence(

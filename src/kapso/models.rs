@@ -120,6 +120,30 @@ pub struct Execution {
     /// Boxed: a poll holds every live row, and most rows have no use for it.
     #[serde(default, deserialize_with = "lenient_workflow")]
     pub workflow: Option<Box<WorkflowMinimal>>,
+    /// The step the execution is at (its last step once finished); `None` when the row has
+    /// no usable `current_step`.
+    #[serde(default, deserialize_with = "lenient_step")]
+    pub current_step: Option<Box<StepRef>>,
+}
+
+/// `current_step` of an execution row: the spec requires `id` and `identifier`, the
+/// endpoint's own example sends `identifier` and `stepable_type` only (docs/kapso-api.md).
+/// `identifier` is the node id in the workflow graph; without it the step's `id` stands in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepRef {
+    pub identifier: String,
+    /// A Ruby class name such as `FlowWaitStep`; empty when the row does not say.
+    pub step_type: String,
+}
+
+#[derive(Deserialize)]
+struct RawStep {
+    #[serde(default, deserialize_with = "lenient_string")]
+    id: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    identifier: Option<String>,
+    #[serde(default, deserialize_with = "lenient_string")]
+    stepable_type: Option<String>,
 }
 
 fn unknown_status() -> ExecutionStatus {
@@ -228,9 +252,69 @@ fn lenient_workflow<'de, D: Deserializer<'de>>(
     Ok(serde_json::from_value(v).ok().map(Box::new))
 }
 
+/// Longest step identifier or type kept; longer ones are cut (a label value, not a payload).
+const MAX_STEP_LABEL: usize = 128;
+
+fn lenient_step<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<StepRef>>, D::Error> {
+    let v = serde_json::Value::deserialize(d)?;
+    let Ok(raw) = serde_json::from_value::<RawStep>(v) else {
+        return Ok(None);
+    };
+    let cut = |s: String| -> String {
+        if s.len() <= MAX_STEP_LABEL {
+            return s;
+        }
+        let mut end = MAX_STEP_LABEL;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s[..end].to_owned()
+    };
+    let Some(identifier) = raw.identifier.or(raw.id).filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    Ok(Some(Box::new(StepRef {
+        identifier: cut(identifier),
+        step_type: cut(raw.stepable_type.unwrap_or_default()),
+    })))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn current_step_is_read_leniently() {
+        let step = |v: &str| -> Option<(String, String)> {
+            let row: Execution =
+                serde_json::from_str(&format!(r#"{{"id":"e1","current_step":{v}}}"#))
+                    .expect("the row decodes whatever current_step is");
+            row.current_step.map(|s| (s.identifier, s.step_type))
+        };
+        let pair = |a: &str, b: &str| Some((a.to_owned(), b.to_owned()));
+        assert_eq!(
+            step(
+                r#"{"id":"7f1c","identifier":"ask","stepable_type":"FlowWaitStep","position":{"x":1,"y":2}}"#
+            ),
+            pair("ask", "FlowWaitStep")
+        );
+        // The spec's required `id` alone stands in for the identifier.
+        assert_eq!(step(r#"{"id":"7f1c"}"#), pair("7f1c", ""));
+        assert_eq!(step(r#"{"identifier":42}"#), pair("42", ""));
+        for absent in [
+            "null",
+            "{}",
+            r#"{"identifier":""}"#,
+            "[]",
+            r#""start""#,
+            "3",
+        ] {
+            assert_eq!(step(absent), None, "{absent}");
+        }
+        let long = "x".repeat(300);
+        let (id, _) = step(&format!(r#"{{"identifier":"{long}"}}"#)).expect("kept");
+        assert_eq!(id.len(), MAX_STEP_LABEL);
+    }
 
     #[test]
     fn decodes_the_documented_example_row() {
@@ -244,6 +328,13 @@ mod tests {
         let page: ListResponse<Execution> = serde_json::from_str(body).expect("decodes");
         let row = &page.data[0];
         assert_eq!(row.status, ExecutionStatus::Waiting);
+        assert_eq!(
+            row.current_step.as_deref(),
+            Some(&StepRef {
+                identifier: "wait_response".into(),
+                step_type: "FlowWaitStep".into()
+            })
+        );
         assert_eq!(
             row.workflow.as_ref().and_then(|w| w.id.as_deref()),
             Some("flow_789")

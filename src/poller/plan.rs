@@ -317,6 +317,7 @@ mod tests {
             started_at: Some(crate::clock::from_micros(start)),
             last_event_at: Some(crate::clock::from_micros(start)),
             workflow: None,
+            current_step: None,
         }
     }
 
@@ -328,6 +329,8 @@ mod tests {
             started_at: Some(start),
             last_event_at: Some(start),
             handoff_mark: None,
+            step: None,
+            failure_counted: false,
         }
     }
 

@@ -30,7 +30,8 @@ use time::OffsetDateTime;
 use crate::clock::{Micros, micros, plausible};
 use crate::kapso::{Execution, ExecutionStatus, Workflow};
 use crate::state::{
-    ConversationSeries, CounterSnapshot, LiveBucket, Snapshot, WorkflowHealth, WorkflowMeta,
+    ConversationSeries, CounterSnapshot, LiveBucket, Snapshot, StepKey, WorkflowHealth,
+    WorkflowMeta,
 };
 
 use super::plan::{
@@ -79,6 +80,13 @@ pub struct LiveExec {
     /// `last_event_at` of the row that showed it), so that a webhook and a poll telling of the
     /// same entry count it once.
     pub handoff_mark: Option<Micros>,
+    /// The step it was last seen at (`None` for rows without `current_step`).
+    #[serde(default)]
+    pub step: Option<StepKey>,
+    /// A webhook told of its failure, which is counted; the poll that reads the failed row
+    /// counts only the failure's step.
+    #[serde(default)]
+    pub failure_counted: bool,
 }
 
 /// What the tracker knows of one execution id.
@@ -167,10 +175,11 @@ impl WorkflowTrack {
         (now != self.signals).then_some(WindowReason::CountChanged)
     }
 
+    /// Pending executions whose outcome is unknown (a webhook told of some failures).
     fn pending_count(&self) -> u64 {
         self.execs
             .values()
-            .filter(|e| matches!(e, Exec::Pending(_)))
+            .filter(|e| matches!(e, Exec::Pending(p) if !p.failure_counted))
             .count() as u64
     }
 }
@@ -217,6 +226,8 @@ struct Counters {
     #[serde(with = "saved::pairs")]
     finished: BTreeMap<(Arc<str>, ExecutionStatus), u64>,
     handoffs: BTreeMap<Arc<str>, u64>,
+    #[serde(default, with = "saved::pairs")]
+    step_failures: BTreeMap<(Arc<str>, StepKey), u64>,
 }
 
 impl Counters {
@@ -274,6 +285,8 @@ impl<'a> Observed<'a> {
 struct Effect {
     started: bool,
     finished: Option<ExecutionStatus>,
+    /// A failure whose step is counted (also when a webhook counted the failure itself).
+    step_failure: bool,
     handoff: bool,
     unknown_status: bool,
     reappeared: bool,
@@ -294,7 +307,7 @@ fn effect(prev: Option<&Exec>, status: ExecutionStatus, countable: bool) -> Effe
                 (Some(_), None) => true,
                 (None, _) => false,
             };
-            (true, Some(e.status), after_last_seen, false)
+            (true, Some(e.status), after_last_seen, e.failure_counted)
         }
         Some(Exec::Early(e)) => (
             countable || e.failed,
@@ -313,6 +326,7 @@ fn effect(prev: Option<&Exec>, status: ExecutionStatus, countable: bool) -> Effe
     Effect {
         started: is_new && countable,
         finished: (tracked && status.is_terminal() && !failed_counted).then_some(status),
+        step_failure: tracked && status == ExecutionStatus::Failed,
         handoff: tracked
             && status == ExecutionStatus::Handoff
             && last != Some(status)
@@ -379,11 +393,33 @@ pub struct Tracker {
     recent: Option<events::RecentFinishes>,
     /// Moves on whenever a counter does, so that of two copies the newer one wins.
     generation: u64,
+    /// Per workflow, the steps seen and when last (a live execution at them, or a failure).
+    #[serde(default, with = "saved::steps_seen")]
+    steps_seen: BTreeMap<Arc<str>, BTreeMap<StepKey, Micros>>,
+    /// `--metrics.max-steps-per-workflow`; 0 for the default.
+    #[serde(skip)]
+    max_steps: usize,
 }
+
+/// How long a step no execution sits at keeps its zero-valued series.
+pub const STEP_MEMORY: Micros = 3_600_000_000;
 
 impl Tracker {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Sets `--metrics.max-steps-per-workflow` (at least 1).
+    pub fn set_max_steps(&mut self, n: usize) {
+        self.max_steps = n;
+    }
+
+    fn step_cap(&self) -> usize {
+        if self.max_steps == 0 {
+            crate::config::DEFAULT_MAX_STEPS_PER_WORKFLOW
+        } else {
+            self.max_steps
+        }
     }
 
     /// Whether the first poll has been committed.
@@ -506,6 +542,7 @@ impl Tracker {
                 }
             }
         }
+        self.note_live_steps(now_us);
         self.expire_events(now_us);
         self.release_unused();
         self.baseline.get_or_insert(now_us);
@@ -574,8 +611,9 @@ impl Tracker {
                 Some(CountRule::Unknown) => in_window || after_window(start),
             };
             let fx = effect(prev, row.status, countable);
-            self.count(&wf_id, &fx);
-            let next = self.remembered(&wf_id, prev, row, start, &fx, now);
+            let step = self.step_of(row, prev);
+            self.count(&wf_id, &fx, &step, now);
+            let next = self.remembered(&wf_id, prev, row, start, &fx, step, now);
             track.execs.insert((*id).to_owned(), next);
         }
         self.anomaly("implausible_timestamp", implausible);
@@ -617,8 +655,86 @@ impl Tracker {
         self.workflows.insert(wf_id, track);
     }
 
-    fn count(&mut self, wf_id: &Arc<str>, fx: &Effect) {
+    /// The step `row` shows, else the one its execution was last seen at.
+    fn step_of(&mut self, row: &Execution, prev: Option<&Exec>) -> Option<StepKey> {
+        match &row.current_step {
+            Some(s) => Some(StepKey {
+                id: self.intern(&s.identifier),
+                step_type: self.intern(&s.step_type),
+            }),
+            None => match prev {
+                Some(Exec::Live(e) | Exec::Pending(e)) => e.step.clone(),
+                _ => None,
+            },
+        }
+    }
+
+    /// The counter a failure at `step` of `wf_id` goes to: its own while the workflow has
+    /// fewer than the cap, else `other`. A step that has a counter keeps it (a counter
+    /// never moves to another series).
+    fn step_counter(&mut self, wf_id: &Arc<str>, step: StepKey) -> &mut u64 {
+        let key = (wf_id.clone(), step);
+        if !self.counters.step_failures.contains_key(&key) {
+            let other = StepKey::other();
+            let own = self
+                .counters
+                .step_failures
+                .range((wf_id.clone(), StepKey::default())..)
+                .take_while(|((w, _), _)| w == wf_id)
+                .filter(|((_, s), _)| *s != other)
+                .count();
+            if own >= self.step_cap() {
+                return self
+                    .counters
+                    .step_failures
+                    .entry((wf_id.clone(), other))
+                    .or_default();
+            }
+        }
+        self.counters.step_failures.entry(key).or_default()
+    }
+
+    /// Remembers that `step` of `wf_id` was seen at `now`, with its failure counter at 0.
+    fn note_step(&mut self, wf_id: &Arc<str>, step: StepKey, now: Micros) {
+        self.step_counter(wf_id, step.clone());
+        self.steps_seen
+            .entry(wf_id.clone())
+            .or_default()
+            .insert(step, now);
+    }
+
+    /// Notes the step of every live execution; forgets steps not seen for [`STEP_MEMORY`]
+    /// and those of forgotten workflows.
+    fn note_live_steps(&mut self, now: Micros) {
+        let mut at: Vec<(Arc<str>, StepKey)> = Vec::new();
+        {
+            let mut distinct: HashSet<(&Arc<str>, Option<&StepKey>)> = HashSet::new();
+            for e in self.live_execs() {
+                if distinct.insert((&e.workflow_id, e.step.as_ref())) {
+                    at.push((e.workflow_id.clone(), e.step.clone().unwrap_or_default()));
+                }
+            }
+        }
+        for (wf, step) in at {
+            self.note_step(&wf, step, now);
+        }
+        let workflows = &self.workflows;
+        self.steps_seen.retain(|wf, steps| {
+            steps.retain(|_, t| t.saturating_add(STEP_MEMORY) > now);
+            workflows.contains_key(wf) && !steps.is_empty()
+        });
+    }
+
+    fn count(&mut self, wf_id: &Arc<str>, fx: &Effect, step: &Option<StepKey>, now: Micros) {
         self.generation += 1;
+        if fx.step_failure {
+            let step = step.clone().unwrap_or_default();
+            *self.step_counter(wf_id, step.clone()) += 1;
+            self.steps_seen
+                .entry(wf_id.clone())
+                .or_default()
+                .insert(step, now);
+        }
         if fx.started {
             *self.counters.started.entry(wf_id.clone()).or_default() += 1;
         }
@@ -641,6 +757,7 @@ impl Tracker {
     }
 
     /// What to remember of an id after seeing `row`.
+    #[allow(clippy::too_many_arguments)]
     fn remembered(
         &mut self,
         wf_id: &Arc<str>,
@@ -648,6 +765,7 @@ impl Tracker {
         row: &Execution,
         start: Option<Micros>,
         fx: &Effect,
+        step: Option<StepKey>,
         now: Micros,
     ) -> Exec {
         let handoff_mark = if fx.handoff {
@@ -680,6 +798,8 @@ impl Tracker {
             started_at: start,
             last_event_at: row.last_event_at.or(row.started_at).map(micros),
             handoff_mark,
+            step,
+            failure_counted: matches!(prev, Some(Exec::Live(e) | Exec::Pending(e)) if e.failure_counted),
         };
         if row.status.is_live() {
             Exec::Live(exec)
@@ -738,6 +858,7 @@ impl Tracker {
         for wf_id in self.workflows.keys() {
             self.counters.zero_fill(wf_id);
         }
+        self.note_live_steps(now_us);
         self.expire_events(now_us);
         self.release_unused();
         self.baseline.get_or_insert(now_us);
@@ -796,8 +917,9 @@ impl Tracker {
                 });
             }
             let fx = effect(prev, row.status, countable);
-            self.count(&wf_id, &fx);
-            let mut next = self.remembered(&wf_id, prev, row, start, &fx, now);
+            let step = self.step_of(row, prev);
+            self.count(&wf_id, &fx, &step, now);
+            let mut next = self.remembered(&wf_id, prev, row, start, &fx, step, now);
             if let Exec::Live(e) | Exec::Pending(e) = &mut next {
                 e.conversation_id = Some(conv_id.clone());
             }
@@ -877,7 +999,62 @@ impl Tracker {
                 .filter(|(id, _)| known(id))
                 .map(|(id, n)| (id.clone(), *n))
                 .collect(),
+            step_failures: self
+                .counters
+                .step_failures
+                .iter()
+                .filter(|((id, _), _)| known(id))
+                .map(|(k, n)| (k.clone(), *n))
+                .collect(),
         }
+    }
+
+    /// Live executions by (workflow, step): every step seen within [`STEP_MEMORY`] (zero
+    /// when none is there now); past the cap, the least populated steps fold into `other`.
+    fn step_series(&self) -> Vec<crate::state::StepSeries> {
+        use crate::state::StepSeries;
+        let mut rows: BTreeMap<(&Arc<str>, StepKey), StepSeries> = BTreeMap::new();
+        for (wf, steps) in &self.steps_seen {
+            for step in steps.keys() {
+                rows.entry((wf, step.clone()))
+                    .or_insert_with(|| StepSeries::empty(wf.clone(), step.clone()));
+            }
+        }
+        for e in self.live_execs() {
+            let step = e.step.clone().unwrap_or_default();
+            let row = rows
+                .entry((&e.workflow_id, step.clone()))
+                .or_insert_with(|| StepSeries::empty(e.workflow_id.clone(), step));
+            row.add(e.status, 1, e.last_event_at);
+        }
+        let cap = self.step_cap();
+        let mut out: Vec<StepSeries> = Vec::with_capacity(rows.len());
+        let mut rows = rows.into_values().peekable();
+        while let Some(first) = rows.next() {
+            let mut group = vec![first];
+            while let Some(next) = rows.next_if(|r| r.workflow_id == group[0].workflow_id) {
+                group.push(next);
+            }
+            if group.len() > cap {
+                // Most populated first; among equals, the first step by name keeps its own.
+                group.sort_by(|a, b| b.total().cmp(&a.total()).then_with(|| a.step.cmp(&b.step)));
+                let mut other = StepSeries::empty(group[0].workflow_id.clone(), StepKey::other());
+                for r in group.drain(cap..) {
+                    other.merge(&r);
+                }
+                group.push(other);
+                group.sort_by(|a, b| a.step.cmp(&b.step));
+                group.dedup_by(|b, a| {
+                    let same = a.step == b.step;
+                    if same {
+                        a.merge(b);
+                    }
+                    same
+                });
+            }
+            out.extend(group);
+        }
+        out
     }
 
     /// The metrics' view of what the tracker knows.
@@ -961,6 +1138,7 @@ impl Tracker {
         }
         series.shrink_to_fit();
         snap.conversations = series;
+        snap.steps = self.step_series();
         snap.counters = Arc::new(self.counter_snapshot());
         for (id, track) in &self.workflows {
             // Conversation mode keeps workflows for their names only: no health of their own.

@@ -3,9 +3,10 @@
 //!
 //! Each event is keyed by its execution id, like everything the tracker counts:
 //! - `workflow.execution.failed` counts a failure for an execution whose failure was not
-//!   counted yet: a live or pending one becomes finished (the poll then neither looks it up
-//!   nor counts it), one no poll listed yet is remembered as [`Exec::Early`], so that the poll
-//!   that lists it counts its start but not its failure;
+//!   counted yet: a live or pending one is marked (`failure_counted`), so that the poll that
+//!   reads its failed row counts the failure's step but not the failure; one no poll listed
+//!   yet is remembered as [`Exec::Early`], so that the poll that lists it counts its start and
+//!   the failure's step, but not the failure;
 //! - `workflow.execution.handoff` counts an entry into handoff unless the entry it tells of
 //!   was already counted: its `occurred_at` is at most one precision step after the last
 //!   counted entry of that execution (`handoff_mark`, set by events and by polls alike). A poll
@@ -145,12 +146,14 @@ fn decide(
         Exec::Live(e) | Exec::Pending(e) => {
             let workflow = Some(e.workflow_id.clone());
             match ev.kind {
+                EventKind::Failed if e.failure_counted => Decision::default(),
+                // Still tracked: the poll that reads the failed row counts the failure's step
+                // (events do not tell it), and not the failure again.
                 EventKind::Failed => {
-                    let (start, mark) = (e.started_at, e.handoff_mark);
-                    *exec = Exec::Seen(start);
+                    e.failure_counted = true;
                     Decision {
                         failed: true,
-                        finished: Some(mark),
+                        finished: Some(e.handoff_mark),
                         workflow,
                         ..Decision::default()
                     }

@@ -31,6 +31,29 @@ pub mod pairs {
     }
 }
 
+/// The steps seen per workflow, as `[workflow, [[step, last seen], ...]]` lists.
+pub mod steps_seen {
+    use super::*;
+    use crate::clock::Micros;
+    use crate::state::StepKey;
+
+    type Map = BTreeMap<Arc<str>, BTreeMap<StepKey, Micros>>;
+
+    pub fn serialize<S: Serializer>(map: &Map, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(
+            map.iter()
+                .map(|(wf, steps)| (wf, steps.iter().collect::<Vec<_>>())),
+        )
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Map, D::Error> {
+        Ok(Vec::<(Arc<str>, Vec<(StepKey, Micros)>)>::deserialize(d)?
+            .into_iter()
+            .map(|(wf, steps)| (wf, steps.into_iter().collect()))
+            .collect())
+    }
+}
+
 fn known(kinds: &[&'static str], name: &str) -> Option<&'static str> {
     kinds.iter().find(|k| **k == name).copied()
 }

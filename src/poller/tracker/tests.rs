@@ -15,6 +15,7 @@ struct Row {
     status: ExecutionStatus,
     start: Micros,
     shown_start: Option<Micros>,
+    step: Option<crate::kapso::models::StepRef>,
 }
 
 /// A workflow of the fake API, answering the way Kapso's documents allow: filters on the
@@ -50,7 +51,17 @@ impl FakeWf {
             status,
             start: at,
             shown_start: Some(at),
+            step: None,
         });
+    }
+
+    /// Moves an execution to `step` (`None`: rows without `current_step`).
+    fn at_step(&mut self, id: &str, step: Option<&str>) {
+        self.rows.iter_mut().find(|r| r.id == id).unwrap().step =
+            step.map(|s| crate::kapso::models::StepRef {
+                identifier: s.to_owned(),
+                step_type: format!("Type{s}"),
+            });
     }
 
     fn set(&mut self, id: &str, status: ExecutionStatus) {
@@ -97,6 +108,7 @@ impl FakeWf {
                 started_at: r.shown_start.map(|t| from_micros(self.shown(t))),
                 last_event_at: r.shown_start.map(|t| from_micros(self.shown(t))),
                 workflow: None,
+                current_step: r.step.clone().map(Box::new),
             })
             .collect()
     }
@@ -477,6 +489,7 @@ fn conv_row(id: &str, status: ExecutionStatus, start: Micros) -> Execution {
             name: Some("Support".to_owned()),
             status: Some("active".to_owned()),
         })),
+        current_step: None,
     }
 }
 
@@ -526,6 +539,189 @@ fn ids_that_left_are_not_kept() {
     assert!(t.interned.contains("c-1") && t.interned.contains("wf-1"));
     t.commit_conversations(&[], vec![], from_micros(T0 + SECOND));
     assert!(!t.interned.contains("c-1"), "{:?}", t.interned);
+}
+
+/// (step, type) -> (running, waiting, handoff, oldest waiting) of one workflow's step series.
+fn steps(t: &Tracker, wf: &str) -> BTreeMap<(String, String), ([u64; 3], Option<Micros>)> {
+    t.snapshot(100)
+        .steps
+        .iter()
+        .filter(|s| &*s.workflow_id == wf)
+        .map(|s| {
+            (
+                (s.step.id.to_string(), s.step.step_type.to_string()),
+                (s.count, s.oldest_last_event[1]),
+            )
+        })
+        .collect()
+}
+
+/// Failures per step of one workflow, by step identifier.
+fn step_failures(t: &Tracker, wf: &str) -> BTreeMap<String, u64> {
+    t.counter_snapshot()
+        .step_failures
+        .iter()
+        .filter(|((w, _), _)| &**w == wf)
+        .map(|((_, s), n)| (s.id.to_string(), *n))
+        .collect()
+}
+
+fn key(step: &str) -> (String, String) {
+    if step.is_empty() || step == StepKey::OTHER {
+        return (step.to_owned(), String::new());
+    }
+    (step.to_owned(), format!("Type{step}"))
+}
+
+#[test]
+fn steps_show_where_executions_sit_and_where_they_fail() {
+    let mut w = FakeWf::new("wf");
+    for (id, status, step) in [
+        ("a", Waiting, Some("ask")),
+        ("b", Waiting, Some("ask")),
+        ("c", Running, Some("reply")),
+        ("d", Handoff, Some("human")),
+        ("e", Running, None),
+    ] {
+        w.start(id, status, T0 - 600 * SECOND);
+        w.at_step(id, step);
+    }
+    let mut t = Tracker::new();
+    poll(&mut t, &[&w], T0);
+    let expected = BTreeMap::from([
+        (key(""), ([1, 0, 0], None)),
+        (key("ask"), ([0, 2, 0], Some(T0 - 600 * SECOND))),
+        (key("human"), ([0, 0, 1], None)),
+        (key("reply"), ([1, 0, 0], None)),
+    ]);
+    assert_eq!(steps(&t, "wf"), expected);
+    // Every step seen has a failure counter, at 0.
+    assert_eq!(
+        step_failures(&t, "wf"),
+        BTreeMap::from([
+            ("".into(), 0),
+            ("ask".into(), 0),
+            ("human".into(), 0),
+            ("reply".into(), 0)
+        ])
+    );
+
+    // c moves on and fails at `charge`; a fails where it waited; d leaves handoff for reply.
+    w.at_step("c", Some("charge"));
+    w.set("c", Failed);
+    w.set("a", Failed);
+    w.set("d", Running);
+    w.at_step("d", Some("reply"));
+    poll(&mut t, &[&w], T0 + 60 * SECOND);
+    assert_eq!(counts(&t, "wf"), (0, 0, 2, 0));
+    let failures = step_failures(&t, "wf");
+    assert_eq!(failures["charge"], 1);
+    assert_eq!(failures["ask"], 1);
+    assert_eq!(failures["reply"], 0);
+    let now = steps(&t, "wf");
+    assert_eq!(now[&key("ask")].0, [0, 1, 0]);
+    assert_eq!(now[&key("reply")].0, [1, 0, 0]);
+    // Steps nobody sits at any more stay, at zero, for an hour.
+    assert_eq!(now[&key("human")].0, [0, 0, 0]);
+    assert_eq!(now[&key("charge")].0, [0, 0, 0]);
+    poll(&mut t, &[&w], T0 + 60 * SECOND + STEP_MEMORY);
+    let later = steps(&t, "wf");
+    assert!(!later.contains_key(&key("human")), "{later:?}");
+    assert!(!later.contains_key(&key("charge")), "{later:?}");
+    // Counters stay when their step's gauges leave.
+    assert_eq!(step_failures(&t, "wf")["charge"], 1);
+}
+
+#[test]
+fn past_the_cap_the_least_populated_steps_fold_into_other() {
+    let mut w = FakeWf::new("wf");
+    // s0 has 4 executions, s1 3, s2 2, s3 1.
+    let mut n = 0;
+    for (step, count) in [("s0", 4), ("s1", 3), ("s2", 2), ("s3", 1)] {
+        for _ in 0..count {
+            let id = format!("e{n}");
+            n += 1;
+            w.start(&id, Waiting, T0 - 60 * SECOND - n * SECOND);
+            w.at_step(&id, Some(step));
+        }
+    }
+    let mut t = Tracker::new();
+    t.set_max_steps(2);
+    poll(&mut t, &[&w], T0);
+    let got = steps(&t, "wf");
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert_eq!(got[&key("s0")].0, [0, 4, 0]);
+    assert_eq!(got[&key("s1")].0, [0, 3, 0]);
+    // s2 and s3 share `other`: their counts add up, the oldest event is the older one.
+    assert_eq!(got[&key("other")].0, [0, 3, 0]);
+    assert_eq!(got[&key("other")].1, Some(T0 - 60 * SECOND - 10 * SECOND));
+    let total: u64 = got.values().map(|(c, _)| c.iter().sum::<u64>()).sum();
+    assert_eq!(total, 10, "folding loses no execution");
+
+    // Failure counters: the first two steps seen keep theirs; the rest count under other,
+    // and a step that has its own counter keeps it when the gauges rank it lower.
+    let before = step_failures(&t, "wf");
+    assert_eq!(before.len(), 3, "{before:?}");
+    for id in ["e9", "e0"] {
+        w.set(id, Failed);
+    }
+    poll(&mut t, &[&w], T0 + 60 * SECOND);
+    let after = step_failures(&t, "wf");
+    assert_eq!(
+        after.keys().collect::<Vec<_>>(),
+        before.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(after.values().sum::<u64>(), 2);
+    assert_eq!(counts(&t, "wf").2, 2);
+}
+
+#[test]
+fn a_failure_a_webhook_told_is_counted_once_and_its_step_from_the_failed_row() {
+    let mut w = FakeWf::new("wf");
+    w.start("x", Running, T0 - 60 * SECOND);
+    w.at_step("x", Some("reply"));
+    let mut t = Tracker::new();
+    t.enable_events();
+    poll(&mut t, &[&w], T0);
+    w.at_step("x", Some("charge"));
+    w.set("x", Failed);
+    let ev = Event {
+        kind: EventKind::Failed,
+        workflow_id: "wf".into(),
+        execution_id: "x".into(),
+        conversation_id: None,
+        occurred_at: T0 + 10 * SECOND,
+    };
+    assert_eq!(
+        t.apply_event(&ev, false, T0 + 10 * SECOND),
+        Applied::Counted
+    );
+    assert_eq!(counts(&t, "wf").2, 1);
+    assert_eq!(
+        step_failures(&t, "wf")["reply"],
+        0,
+        "the event names no step"
+    );
+    assert_eq!(
+        t.apply_event(&ev, false, T0 + 11 * SECOND),
+        Applied::AlreadyCounted
+    );
+    poll(&mut t, &[&w], T0 + 60 * SECOND);
+    assert_eq!(
+        counts(&t, "wf").2,
+        1,
+        "the poll does not count the failure again"
+    );
+    assert_eq!(step_failures(&t, "wf")["charge"], 1);
+    assert_eq!(t.snapshot(100).outcome_unknown[&Arc::from("wf")], 0);
+    // A retry after the poll finds the execution finished.
+    assert_eq!(
+        t.apply_event(&ev, false, T0 + 70 * SECOND),
+        Applied::AlreadyCounted
+    );
+    poll(&mut t, &[&w], T0 + 120 * SECOND);
+    assert_eq!(counts(&t, "wf").2, 1);
+    assert_eq!(step_failures(&t, "wf")["charge"], 1);
 }
 
 /// The model-based property test: random worlds, random transitions between polls, random
