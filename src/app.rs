@@ -64,7 +64,8 @@ fn build_with(
         let state =
             ProjectState::new(&p.name, p.poll_interval, p.rate_limit, client.stats()).shared();
         projects.push(state.clone());
-        let mut poller = Poller::new(p, client, clock.clone(), state, config.max_conversations);
+        let mut poller = Poller::new(p, client, clock.clone(), state, config.max_conversations)
+            .with_max_steps(config.max_steps_per_workflow);
         let window = Arc::new(Mutex::new(Dedupe::default()));
         if let Some(dir) = &config.storage_path {
             let store = Store::new(dir, &p.name, &p.api_key);

@@ -8,18 +8,19 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
 
-use crate::clock::Clock;
-use crate::clock::micros;
+use crate::clock::{Clock, Micros, micros};
 use crate::kapso::{ApiError, ExecutionStatus};
 use crate::state::{
-    self, ConversationSeries, CounterSnapshot, ProjectState, SharedProject, Snapshot,
+    self, ConversationSeries, CounterSnapshot, LiveBucket, ProjectState, SharedProject, Snapshot,
+    StepKey, StepSeries,
 };
+
+mod families;
+
+pub use families::*;
 
 /// `Content-Type` of the classic text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -117,9 +118,7 @@ impl View {
             counters: p.counters.clone(),
             up: p.up,
             ready: p.ready,
-            last_success: p
-                .last_success
-                .map(|t| t.unix_timestamp_nanos() as f64 / 1e9),
+            last_success: p.last_success.map(unix_seconds),
             last_duration: p.last_poll_duration.map(|d| d.as_secs_f64()),
             last_requests: p.last_poll_requests,
             interval: p.poll_interval.as_secs_f64(),
@@ -137,518 +136,538 @@ impl View {
     }
 }
 
-type Labels<'a> = Vec<(&'static str, &'a str)>;
-/// Owned label pairs and a value.
-type Series = Vec<(Vec<(&'static str, String)>, f64)>;
+/// Workflow names by id, from one snapshot, sorted: the one lookup every workflow series uses.
+struct Names(Vec<(Arc<str>, String)>);
 
-/// The workflow name of `id` from a sorted (id, name) table, else the id itself.
-fn workflow_name<'a>(names: &'a [(Arc<str>, String)], id: &'a str) -> &'a str {
-    names
-        .binary_search_by(|(k, _)| k.as_ref().cmp(id))
-        .map_or(id, |j| names[j].1.as_str())
+impl Names {
+    fn of(snapshot: &Snapshot) -> Self {
+        Names(
+            snapshot
+                .workflows
+                .iter()
+                .map(|(id, m)| (id.clone(), m.name.clone()))
+                .collect(),
+        )
+    }
+
+    /// The name of workflow `id`, else the id itself.
+    fn get<'a>(&'a self, id: &'a str) -> &'a str {
+        self.0
+            .binary_search_by(|(k, _)| k.as_ref().cmp(id))
+            .map_or(id, |j| self.0[j].1.as_str())
+    }
 }
 
-/// Labels of one per-conversation series, borrowed from the view and its snapshot.
-fn conversation_labels<'a>(
-    view: &'a View,
-    names: &'a [(Arc<str>, String)],
-    s: &'a ConversationSeries,
-) -> Labels<'a> {
-    vec![
-        ("project", view.name.as_str()),
-        ("conversation_id", &*s.conversation_id),
-        ("workflow_id", &*s.workflow_id),
-        ("workflow", workflow_name(names, &s.workflow_id)),
-        ("status", s.status.as_str()),
-    ]
+/// One project as a scrape reads it: the view and its names.
+struct Scraped {
+    view: View,
+    names: Names,
 }
 
-/// Writes one family: its descriptor, then each series.
-fn family<'a>(
-    encoder: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    metric_type: MetricType,
-    series: impl IntoIterator<Item = (Labels<'a>, Value)>,
-) -> std::fmt::Result {
-    let mut fam = encoder.encode_descriptor(name, help, None, metric_type)?;
-    for (labels, value) in series {
-        let m = fam.encode_family(&labels)?;
-        match value {
-            Value::Gauge(v) => ConstGauge::new(v).encode(m)?,
-            Value::Counter(v) => ConstCounter::new(v).encode(m)?,
+impl Scraped {
+    fn workflow<'a>(&'a self, id: &'a str) -> Workflow<'a> {
+        Workflow {
+            project: &self.view.name,
+            workflow_id: id,
+            workflow: self.names.get(id),
         }
     }
-    Ok(())
-}
 
-enum Value {
-    Gauge(f64),
-    Counter(u64),
+    fn workflow_status<'a>(&'a self, id: &'a str, status: ExecutionStatus) -> WorkflowStatus<'a> {
+        WorkflowStatus {
+            project: &self.view.name,
+            workflow_id: id,
+            workflow: self.names.get(id),
+            status: status.as_str(),
+        }
+    }
+
+    fn step<'a>(&'a self, id: &'a str, step: &'a StepKey) -> Step<'a> {
+        Step {
+            project: &self.view.name,
+            workflow_id: id,
+            workflow: self.names.get(id),
+            step: &step.id,
+            step_type: &step.step_type,
+        }
+    }
+
+    fn step_status<'a>(&'a self, s: &'a StepSeries, status: ExecutionStatus) -> StepStatus<'a> {
+        StepStatus {
+            project: &self.view.name,
+            workflow_id: &s.workflow_id,
+            workflow: self.names.get(&s.workflow_id),
+            step: &s.step.id,
+            step_type: &s.step.step_type,
+            status: status.as_str(),
+        }
+    }
+
+    fn conversation<'a>(&'a self, s: &'a ConversationSeries) -> Conversation<'a> {
+        Conversation {
+            project: &self.view.name,
+            conversation_id: &s.conversation_id,
+            workflow_id: &s.workflow_id,
+            workflow: self.names.get(&s.workflow_id),
+            status: s.status.as_str(),
+        }
+    }
+
+    fn project(&self) -> ProjectLabels<'_> {
+        ProjectLabels {
+            project: &self.view.name,
+        }
+    }
 }
 
 fn gauge(v: impl Into<f64>) -> Value {
     Value::Gauge(v.into())
 }
 
-impl Collector for KapsoCollector {
-    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
-        let views: Vec<View> = self
-            .projects
-            .iter()
-            .map(|p| View::of(&state::read(p)))
-            .collect();
-        let now = micros(self.clock.now());
-        let stall_seconds =
-            |oldest: Option<i64>| oldest.map_or(0.0, |t| ((now - t) as f64 / 1e6).max(0.0));
-        let wf_name = |v: &View, id: &str| -> String {
-            v.snapshot
-                .workflows
-                .get(id)
-                .map_or_else(|| id.to_owned(), |m| m.name.clone())
-        };
-        // Workflow names are looked up once per scrape, not per series.
-        let names: Vec<Vec<(Arc<str>, String)>> = views
-            .iter()
-            .map(|v| {
-                v.snapshot
-                    .workflows
-                    .keys()
-                    .map(|id| (id.clone(), wf_name(v, id)))
-                    .collect()
-            })
-            .collect();
-        let name_of = |i: usize, id: &str| -> String {
-            names[i]
-                .binary_search_by(|(k, _)| k.as_ref().cmp(id))
-                .map_or_else(|_| wf_name(&views[i], id), |j| names[i][j].1.clone())
-        };
+/// The scrape's clock, for stall gauges.
+#[derive(Clone, Copy)]
+struct Now(Micros);
 
-        let mut rows = Vec::new();
-        for (i, v) in views.iter().enumerate() {
-            for ((wf, status), bucket) in &v.snapshot.live {
-                rows.push((i, wf.clone(), *status, bucket.count));
-            }
-        }
-        let owned: Vec<(Vec<(&'static str, String)>, f64)> = rows
-            .iter()
-            .map(|(i, wf, status, count)| {
-                (
-                    vec![
-                        ("project", views[*i].name.clone()),
-                        ("workflow_id", wf.to_string()),
-                        ("workflow", name_of(*i, wf)),
-                        ("status", status.as_str().to_owned()),
-                    ],
-                    *count as f64,
-                )
-            })
-            .collect();
-        family(
-            &mut enc,
-            "kapso_workflow_executions",
-            "Executions now in a live status (running, waiting, handoff), per workflow.",
-            MetricType::Gauge,
-            owned.iter().map(|(l, v)| (borrow(l), gauge(*v))),
-        )?;
-
-        // Per-conversation series can number hundreds of thousands: their labels borrow from
-        // the snapshot and are built one series at a time, never all at once.
-        family(
-            &mut enc,
-            "kapso_conversation_workflow_executions",
-            "Executions now in a live status, per conversation with a live execution (capped by --metrics.max-conversations, most stalled first).",
-            MetricType::Gauge,
-            views.iter().zip(&names).flat_map(|(v, names)| {
-                v.snapshot
-                    .conversations
-                    .iter()
-                    .map(move |s| (conversation_labels(v, names, s), gauge(s.count as f64)))
-            }),
-        )?;
-        family(
-            &mut enc,
-            "kapso_conversation_execution_stalled_seconds",
-            "Longest time since the last event among a conversation's executions in waiting or handoff.",
-            MetricType::Gauge,
-            views.iter().zip(&names).flat_map(|(v, names)| {
-                v.snapshot
-                    .conversations
-                    .iter()
-                    .filter(|s| ExecutionStatus::STALLABLE.contains(&s.status))
-                    .map(move |s| {
-                        (
-                            conversation_labels(v, names, s),
-                            gauge(stall_seconds(s.oldest_last_event)),
-                        )
-                    })
-            }),
-        )?;
-
-        let mut stalled = Vec::new();
-        let mut over = Vec::new();
-        let thresholds: Vec<(String, i64)> = self
-            .stall_thresholds
-            .iter()
-            .map(|s| {
-                (
-                    s.to_string(),
-                    i64::try_from(*s)
-                        .unwrap_or(i64::MAX)
-                        .saturating_mul(1_000_000),
-                )
-            })
-            .collect();
-        for (i, v) in views.iter().enumerate() {
-            for ((wf, status), bucket) in &v.snapshot.live {
-                if !ExecutionStatus::STALLABLE.contains(status) {
-                    continue;
-                }
-                let labels = vec![
-                    ("project", v.name.clone()),
-                    ("workflow_id", wf.to_string()),
-                    ("workflow", name_of(i, wf)),
-                    ("status", status.as_str().to_owned()),
-                ];
-                stalled.push((
-                    labels.clone(),
-                    stall_seconds(bucket.last_events.first().copied()),
-                ));
-                for (label, thr) in &thresholds {
-                    let n = bucket
-                        .last_events
-                        .partition_point(|t| *t < now.saturating_sub(*thr));
-                    let mut l = labels.clone();
-                    l.push(("over", label.clone()));
-                    over.push((l, n as f64));
-                }
-            }
-        }
-        family(
-            &mut enc,
-            "kapso_workflow_execution_stalled_seconds",
-            "Longest time since the last event among a workflow's executions in waiting or handoff; 0 when there are none.",
-            MetricType::Gauge,
-            stalled.iter().map(|(l, v)| (borrow(l), gauge(*v))),
-        )?;
-        family(
-            &mut enc,
-            "kapso_workflow_executions_stalled",
-            "Executions in waiting or handoff with no event for more than `over` seconds.",
-            MetricType::Gauge,
-            over.iter().map(|(l, v)| (borrow(l), gauge(*v))),
-        )?;
-
-        let mut info = Vec::new();
-        let mut started = Vec::new();
-        let mut finished = Vec::new();
-        let mut handoffs = Vec::new();
-        let mut workflow_up: Series = Vec::new();
-        let mut workflow_success: Series = Vec::new();
-        let mut outcome_unknown: Series = Vec::new();
-        let mut workflow_errors = Vec::new();
-        for (i, v) in views.iter().enumerate() {
-            for (wf, meta) in &v.snapshot.workflows {
-                info.push(vec![
-                    ("project", v.name.clone()),
-                    ("workflow_id", wf.to_string()),
-                    ("workflow", meta.name.clone()),
-                    ("workflow_status", meta.status.clone()),
-                ]);
-            }
-            let base = |wf: &str| {
-                vec![
-                    ("project", v.name.clone()),
-                    ("workflow_id", wf.to_owned()),
-                    ("workflow", name_of(i, wf)),
-                ]
-            };
-            for (wf, n) in &v.counters.started {
-                started.push((base(wf), *n));
-            }
-            for ((wf, status), n) in &v.counters.finished {
-                let mut l = base(wf);
-                l.push(("status", status.as_str().to_owned()));
-                finished.push((l, *n));
-            }
-            for (wf, n) in &v.counters.handoffs {
-                handoffs.push((base(wf), *n));
-            }
-            for (wf, h) in &v.snapshot.workflow_health {
-                workflow_up.push((base(wf), f64::from(u8::from(h.up))));
-                if let Some(t) = h.last_success {
-                    workflow_success.push((base(wf), t as f64 / 1e6));
-                }
-            }
-            for (wf, n) in &v.snapshot.outcome_unknown {
-                outcome_unknown.push((base(wf), *n as f64));
-            }
-            for ((wf, kind), n) in &v.snapshot.workflow_errors {
-                let mut l = base(wf);
-                l.push(("kind", (*kind).to_owned()));
-                workflow_errors.push((l, *n));
-            }
-        }
-        family(
-            &mut enc,
-            "kapso_workflow_info",
-            "Metadata of each known workflow; always 1.",
-            MetricType::Gauge,
-            info.iter().map(|l| (borrow(l), gauge(1.0))),
-        )?;
-        family(
-            &mut enc,
-            "kapso_workflow_executions_started",
-            "Executions started since the exporter's first poll, each counted once by id.",
-            MetricType::Counter,
-            started.iter().map(|(l, n)| (borrow(l), Value::Counter(*n))),
-        )?;
-        family(
-            &mut enc,
-            "kapso_workflow_executions_finished",
-            "Executions Kapso reported ended or failed since the exporter started, each counted once by id.",
-            MetricType::Counter,
-            finished
-                .iter()
-                .map(|(l, n)| (borrow(l), Value::Counter(*n))),
-        )?;
-        family(
-            &mut enc,
-            "kapso_workflow_execution_handoffs",
-            "Entries into handoff seen since the exporter started, each counted once.",
-            MetricType::Counter,
-            handoffs
-                .iter()
-                .map(|(l, n)| (borrow(l), Value::Counter(*n))),
-        )?;
-
-        family(
-            &mut enc,
-            "kapso_workflow_executions_outcome_unknown",
-            "Executions that left the live statuses and whose outcome Kapso has not told yet (not counted as finished until it does).",
-            MetricType::Gauge,
-            outcome_unknown.iter().map(|(l, v)| (borrow(l), gauge(*v))),
-        )?;
-        family(
-            &mut enc,
-            "kapso_workflow_up",
-            "1 when the last poll of the workflow committed, 0 while its series show an older state.",
-            MetricType::Gauge,
-            workflow_up.iter().map(|(l, v)| (borrow(l), gauge(*v))),
-        )?;
-        family(
-            &mut enc,
-            "kapso_workflow_last_success_timestamp_seconds",
-            "Unix time of the last poll of the workflow that committed.",
-            MetricType::Gauge,
-            workflow_success.iter().map(|(l, v)| (borrow(l), gauge(*v))),
-        )?;
-        family(
-            &mut enc,
-            "kapso_workflow_poll_errors",
-            "Polls of one workflow that failed on their own (the rest of the project updated), by kind of error.",
-            MetricType::Counter,
-            workflow_errors
-                .iter()
-                .map(|(l, n)| (borrow(l), Value::Counter(*n))),
-        )?;
-
-        self.encode_health(&mut enc, &views)
+impl Now {
+    /// Seconds since the oldest `last_event_at`, 0 without one.
+    fn stall(self, oldest: Option<i64>) -> Value {
+        gauge(oldest.map_or(0.0, |t| ((self.0 - t) as f64 / 1e6).max(0.0)))
     }
 }
 
-impl KapsoCollector {
-    fn encode_health(&self, enc: &mut DescriptorEncoder, views: &[View]) -> std::fmt::Result {
-        let now_secs = self.clock.now().unix_timestamp_nanos() as f64 / 1e9;
-        let per_project =
-            |f: &dyn Fn(&View) -> Option<f64>| -> Vec<(Vec<(&'static str, String)>, f64)> {
-                views
-                    .iter()
-                    .filter_map(|v| f(v).map(|x| (vec![("project", v.name.clone())], x)))
-                    .collect()
-            };
-        let gauges: [(&str, &str, Series); 15] = [
-            (
-                "kapso_up",
-                "1 when the last poll read the workflow list and no request failed for a reason that concerns the whole API key, else 0.",
-                per_project(&|v| Some(f64::from(u8::from(v.up)))),
-            ),
-            (
-                "kapso_project_ready",
-                "1 once the project completed its first poll.",
-                per_project(&|v| Some(f64::from(u8::from(v.ready)))),
-            ),
-            (
-                "kapso_last_poll_success_timestamp_seconds",
-                "Unix time of the last complete poll of the project.",
-                per_project(&|v| v.last_success),
-            ),
-            (
-                "kapso_poll_duration_seconds",
-                "How long the last poll of the project took.",
-                per_project(&|v| v.last_duration),
-            ),
-            (
-                "kapso_poll_interval_seconds",
-                "Configured time between two polls of the project.",
-                per_project(&|v| Some(v.interval)),
-            ),
-            (
-                "kapso_api_requests_per_poll",
-                "Kapso API requests made by the last poll of the project.",
-                per_project(&|v| Some(v.last_requests as f64)),
-            ),
-            (
-                "kapso_api_rate_limit_remaining",
-                "Last X-RateLimit-Remaining header Kapso sent.",
-                per_project(&|v| v.remaining.map(|r| r as f64)),
-            ),
-            (
-                "kapso_api_rate_limit_budget",
-                "Requests per minute the exporter may spend on the project's API key.",
-                per_project(&|v| Some(f64::from(v.budget))),
-            ),
-            (
-                "kapso_conversations_live",
-                "Conversations with a live execution, before the --metrics.max-conversations cap.",
-                per_project(&|v| Some(v.snapshot.conversations_total as f64)),
-            ),
-            (
-                "kapso_api_paused_until_timestamp_seconds",
-                "Unix time until which requests of the key wait (a 429's Retry-After, capped at 15 minutes, or X-RateLimit-Remaining: 0); 0 when they do not.",
-                per_project(&|v| Some(v.paused_for.map_or(0.0, |d| now_secs + d))),
-            ),
-            (
-                "kapso_storage_restored",
-                "1 when the project's counters continued from the state saved in --storage.path at start, 0 when they started fresh.",
-                per_project(&|v| v.storage.as_ref().map(|s| f64::from(u8::from(s.restored)))),
-            ),
-            (
-                "kapso_storage_last_write_timestamp_seconds",
-                "Unix time of the last successful write of the project's state to --storage.path.",
-                per_project(&|v| {
-                    v.storage
-                        .as_ref()?
-                        .last_write
-                        .map(|t| t.unix_timestamp_nanos() as f64 / 1e9)
-                }),
-            ),
-            (
-                "kapso_storage_last_write_bytes",
-                "Size of the project's state file at its last successful write.",
-                per_project(&|v| v.storage.as_ref().map(|s| s.last_bytes as f64)),
-            ),
-            (
-                "kapso_storage_last_write_duration_seconds",
-                "How long the last write of the project's state took (encoding and fsync).",
-                per_project(&|v| v.storage.as_ref()?.last_duration.map(|d| d.as_secs_f64())),
-            ),
-            (
-                "kapso_conversations_failed",
-                "Watched conversations whose last listing failed; their series show an older state.",
-                per_project(&|v| Some(v.snapshot.conversations_down as f64)),
-            ),
-        ];
-        for (name, help, series) in &gauges {
-            family(
-                enc,
-                name,
-                help,
-                MetricType::Gauge,
-                series.iter().map(|(l, v)| (borrow(l), gauge(*v))),
-            )?;
-        }
-        let mut polls = Vec::new();
-        let mut errors = Vec::new();
-        let mut requests = Vec::new();
-        let mut anomalies = Vec::new();
-        let mut writes = Vec::new();
-        for v in views {
-            if let Some(s) = &v.storage {
-                for (result, n) in [("success", s.writes_ok), ("error", s.writes_failed)] {
-                    writes.push((
-                        vec![("project", v.name.clone()), ("result", result.to_owned())],
-                        n,
-                    ));
-                }
-            }
-            for (kind, n) in &v.snapshot.anomalies {
-                anomalies.push((
-                    vec![("project", v.name.clone()), ("kind", (*kind).to_owned())],
-                    *n,
-                ));
-            }
-            for (result, n) in v.polls {
-                polls.push((
-                    vec![("project", v.name.clone()), ("result", result.to_owned())],
-                    n,
-                ));
-            }
-            for (kind, n) in &v.errors {
-                errors.push((
-                    vec![("project", v.name.clone()), ("kind", (*kind).to_owned())],
-                    *n,
-                ));
-            }
-            for ((endpoint, code), n) in &v.requests {
-                requests.push((
-                    vec![
-                        ("project", v.name.clone()),
-                        ("endpoint", (*endpoint).to_owned()),
-                        ("code", code.clone()),
-                    ],
-                    *n,
-                ));
-            }
-        }
-        let counters = [
-            ("kapso_polls", "Polls of the project, by result.", polls),
-            (
-                "kapso_poll_errors",
-                "Failed polls of the project, by kind of error.",
-                errors,
-            ),
-            (
-                "kapso_api_requests",
-                "Kapso API requests made, by endpoint template and HTTP status (error for transport failures).",
-                requests,
-            ),
-            (
-                "kapso_api_anomalies",
-                "Answers of the Kapso API the exporter had to work around, by kind.",
-                anomalies,
-            ),
-            (
-                "kapso_storage_writes",
-                "Writes of the project's state to --storage.path, by result.",
-                writes,
-            ),
-        ];
-        for (name, help, series) in &counters {
-            family(
-                enc,
-                name,
-                help,
-                MetricType::Counter,
-                series.iter().map(|(l, n)| (borrow(l), Value::Counter(*n))),
-            )?;
-        }
-        let build = [vec![
-            ("version", env!("CARGO_PKG_VERSION").to_owned()),
-            ("revision", self.revision.to_owned()),
-        ]];
-        family(
+impl Collector for KapsoCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> std::fmt::Result {
+        let projects: Vec<Scraped> = self
+            .projects
+            .iter()
+            .map(|p| {
+                let view = View::of(&state::read(p));
+                let names = Names::of(&view.snapshot);
+                Scraped { view, names }
+            })
+            .collect();
+        let now = Now(micros(self.clock.now()));
+        let enc = &mut enc;
+        workflow_executions(enc, &projects)?;
+        conversation_executions(enc, &projects)?;
+        conversation_stalled(enc, &projects, now)?;
+        workflow_stalled_seconds(enc, &projects, now)?;
+        workflow_stalled(enc, &projects, now, &self.stall_thresholds)?;
+        step_executions(enc, &projects)?;
+        step_stalled_seconds(enc, &projects, now)?;
+        step_failures(enc, &projects)?;
+        workflow_families(enc, &projects)?;
+        project_gauges(enc, &projects, self.clock.now())?;
+        project_counters(enc, &projects)?;
+        BUILD_INFO.emit(
             enc,
-            "kapso_exporter_build_info",
-            "Version and git revision of the exporter; always 1.",
-            MetricType::Gauge,
-            build.iter().map(|l| (borrow(l), gauge(1.0))),
+            [(
+                Build {
+                    version: env!("CARGO_PKG_VERSION"),
+                    revision: self.revision,
+                },
+                gauge(1.0),
+            )],
         )
     }
 }
 
-fn borrow<'a>(labels: &'a [(&'static str, String)]) -> Labels<'a> {
-    labels.iter().map(|(k, v)| (*k, v.as_str())).collect()
+fn workflow_executions(enc: &mut DescriptorEncoder, projects: &[Scraped]) -> std::fmt::Result {
+    WORKFLOW_EXECUTIONS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view.snapshot.live.iter().map(|((wf, status), bucket)| {
+                (p.workflow_status(wf, *status), gauge(bucket.count as f64))
+            })
+        }),
+    )
+}
+
+// Per-conversation series can number hundreds of thousands: their labels borrow from the
+// snapshot and are built one series at a time, never all at once.
+fn conversation_executions(enc: &mut DescriptorEncoder, projects: &[Scraped]) -> std::fmt::Result {
+    CONVERSATION_EXECUTIONS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view
+                .snapshot
+                .conversations
+                .iter()
+                .map(|s| (p.conversation(s), gauge(s.count as f64)))
+        }),
+    )
+}
+
+fn conversation_stalled(
+    enc: &mut DescriptorEncoder,
+    projects: &[Scraped],
+    now: Now,
+) -> std::fmt::Result {
+    CONVERSATION_STALLED.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view
+                .snapshot
+                .conversations
+                .iter()
+                .filter(|s| ExecutionStatus::STALLABLE.contains(&s.status))
+                .map(move |s| (p.conversation(s), now.stall(s.oldest_last_event)))
+        }),
+    )
+}
+
+/// The `waiting` and `handoff` buckets of every workflow.
+fn stallable(p: &Scraped) -> impl Iterator<Item = (&Arc<str>, ExecutionStatus, &LiveBucket)> {
+    p.view
+        .snapshot
+        .live
+        .iter()
+        .filter(|((_, s), _)| ExecutionStatus::STALLABLE.contains(s))
+        .map(|((wf, s), b)| (wf, *s, b))
+}
+
+fn workflow_stalled_seconds(
+    enc: &mut DescriptorEncoder,
+    projects: &[Scraped],
+    now: Now,
+) -> std::fmt::Result {
+    WORKFLOW_STALLED_SECONDS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            stallable(p).map(move |(wf, status, bucket)| {
+                (
+                    p.workflow_status(wf, status),
+                    now.stall(bucket.last_events.first().copied()),
+                )
+            })
+        }),
+    )
+}
+
+fn workflow_stalled(
+    enc: &mut DescriptorEncoder,
+    projects: &[Scraped],
+    now: Now,
+    thresholds: &[u64],
+) -> std::fmt::Result {
+    let thresholds: Vec<(String, i64)> = thresholds
+        .iter()
+        .map(|s| {
+            let us = i64::try_from(*s)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(1_000_000);
+            (s.to_string(), now.0.saturating_sub(us))
+        })
+        .collect();
+    let thresholds = &thresholds;
+    WORKFLOW_STALLED.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            stallable(p).flat_map(move |(wf, status, bucket)| {
+                thresholds.iter().map(move |(over, before)| {
+                    let n = bucket.last_events.partition_point(|t| t < before);
+                    (
+                        StalledOver {
+                            project: &p.view.name,
+                            workflow_id: wf,
+                            workflow: p.names.get(wf),
+                            status: status.as_str(),
+                            over,
+                        },
+                        gauge(n as f64),
+                    )
+                })
+            })
+        }),
+    )
+}
+
+fn step_executions(enc: &mut DescriptorEncoder, projects: &[Scraped]) -> std::fmt::Result {
+    STEP_EXECUTIONS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view.snapshot.steps.iter().flat_map(move |s| {
+                ExecutionStatus::LIVE
+                    .into_iter()
+                    .zip(s.count)
+                    .map(move |(status, n)| (p.step_status(s, status), gauge(n as f64)))
+            })
+        }),
+    )
+}
+
+fn step_stalled_seconds(
+    enc: &mut DescriptorEncoder,
+    projects: &[Scraped],
+    now: Now,
+) -> std::fmt::Result {
+    STEP_STALLED_SECONDS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view.snapshot.steps.iter().flat_map(move |s| {
+                ExecutionStatus::LIVE
+                    .into_iter()
+                    .zip(s.oldest_last_event)
+                    .filter(|(status, _)| ExecutionStatus::STALLABLE.contains(status))
+                    .map(move |(status, oldest)| (p.step_status(s, status), now.stall(oldest)))
+            })
+        }),
+    )
+}
+
+fn step_failures(enc: &mut DescriptorEncoder, projects: &[Scraped]) -> std::fmt::Result {
+    STEP_FAILURES.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view
+                .counters
+                .step_failures
+                .iter()
+                .map(|((wf, step), n)| (p.step(wf, step), Value::Counter(*n)))
+        }),
+    )
+}
+
+/// The per-workflow families other than live counts and stalls.
+fn workflow_families(enc: &mut DescriptorEncoder, projects: &[Scraped]) -> std::fmt::Result {
+    WORKFLOW_INFO.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view.snapshot.workflows.iter().map(|(wf, meta)| {
+                (
+                    WorkflowInfo {
+                        project: &p.view.name,
+                        workflow_id: wf,
+                        workflow: &meta.name,
+                        workflow_status: &meta.status,
+                    },
+                    gauge(1.0),
+                )
+            })
+        }),
+    )?;
+    STARTED.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view
+                .counters
+                .started
+                .iter()
+                .map(|(wf, n)| (p.workflow(wf), Value::Counter(*n)))
+        }),
+    )?;
+    FINISHED.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view
+                .counters
+                .finished
+                .iter()
+                .map(|((wf, s), n)| (p.workflow_status(wf, *s), Value::Counter(*n)))
+        }),
+    )?;
+    HANDOFFS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view
+                .counters
+                .handoffs
+                .iter()
+                .map(|(wf, n)| (p.workflow(wf), Value::Counter(*n)))
+        }),
+    )?;
+    OUTCOME_UNKNOWN.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view
+                .snapshot
+                .outcome_unknown
+                .iter()
+                .map(|(wf, n)| (p.workflow(wf), gauge(*n as f64)))
+        }),
+    )?;
+    WORKFLOW_UP.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view
+                .snapshot
+                .workflow_health
+                .iter()
+                .map(|(wf, h)| (p.workflow(wf), gauge(u8::from(h.up))))
+        }),
+    )?;
+    WORKFLOW_LAST_SUCCESS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view
+                .snapshot
+                .workflow_health
+                .iter()
+                .filter_map(|(wf, h)| {
+                    h.last_success
+                        .map(|t| (p.workflow(wf), gauge(t as f64 / 1e6)))
+                })
+        }),
+    )?;
+    WORKFLOW_POLL_ERRORS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view
+                .snapshot
+                .workflow_errors
+                .iter()
+                .map(|((wf, kind), n)| {
+                    (
+                        WorkflowKind {
+                            project: &p.view.name,
+                            workflow_id: wf,
+                            workflow: p.names.get(wf),
+                            kind,
+                        },
+                        Value::Counter(*n),
+                    )
+                })
+        }),
+    )
+}
+
+/// One gauge per project, absent where `value` says nothing.
+fn per_project(
+    enc: &mut DescriptorEncoder,
+    family: &Family,
+    projects: &[Scraped],
+    value: impl Fn(&View) -> Option<f64>,
+) -> std::fmt::Result {
+    family.emit(
+        enc,
+        projects
+            .iter()
+            .filter_map(|p| value(&p.view).map(|v| (p.project(), gauge(v)))),
+    )
+}
+
+fn project_gauges(
+    enc: &mut DescriptorEncoder,
+    projects: &[Scraped],
+    now: time::OffsetDateTime,
+) -> std::fmt::Result {
+    let now_secs = unix_seconds(now);
+    let flag = |b: bool| Some(f64::from(u8::from(b)));
+    per_project(enc, &UP, projects, |v| flag(v.up))?;
+    per_project(enc, &PROJECT_READY, projects, |v| flag(v.ready))?;
+    per_project(enc, &LAST_POLL_SUCCESS, projects, |v| v.last_success)?;
+    per_project(enc, &POLL_DURATION, projects, |v| v.last_duration)?;
+    per_project(enc, &POLL_INTERVAL, projects, |v| Some(v.interval))?;
+    per_project(enc, &REQUESTS_PER_POLL, projects, |v| {
+        Some(v.last_requests as f64)
+    })?;
+    per_project(enc, &RATE_LIMIT_REMAINING, projects, |v| {
+        v.remaining.map(|r| r as f64)
+    })?;
+    per_project(enc, &RATE_LIMIT_BUDGET, projects, |v| {
+        Some(f64::from(v.budget))
+    })?;
+    per_project(enc, &CONVERSATIONS_LIVE, projects, |v| {
+        Some(v.snapshot.conversations_total as f64)
+    })?;
+    per_project(enc, &PAUSED_UNTIL, projects, |v| {
+        Some(v.paused_for.map_or(0.0, |d| now_secs + d))
+    })?;
+    per_project(enc, &STORAGE_RESTORED, projects, |v| {
+        flag(v.storage.as_ref()?.restored)
+    })?;
+    per_project(enc, &STORAGE_LAST_WRITE, projects, |v| {
+        v.storage.as_ref()?.last_write.map(unix_seconds)
+    })?;
+    per_project(enc, &STORAGE_LAST_BYTES, projects, |v| {
+        v.storage.as_ref().map(|s| s.last_bytes as f64)
+    })?;
+    per_project(enc, &STORAGE_LAST_DURATION, projects, |v| {
+        v.storage.as_ref()?.last_duration.map(|d| d.as_secs_f64())
+    })?;
+    per_project(enc, &CONVERSATIONS_FAILED, projects, |v| {
+        Some(v.snapshot.conversations_down as f64)
+    })
+}
+
+fn project_counters(enc: &mut DescriptorEncoder, projects: &[Scraped]) -> std::fmt::Result {
+    POLLS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view.polls.iter().map(|(result, n)| {
+                (
+                    ProjectResult {
+                        project: &p.view.name,
+                        result,
+                    },
+                    Value::Counter(*n),
+                )
+            })
+        }),
+    )?;
+    POLL_ERRORS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view.errors.iter().map(|(kind, n)| {
+                (
+                    ProjectKind {
+                        project: &p.view.name,
+                        kind,
+                    },
+                    Value::Counter(*n),
+                )
+            })
+        }),
+    )?;
+    API_REQUESTS.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view.requests.iter().map(|((endpoint, code), n)| {
+                (
+                    Request {
+                        project: &p.view.name,
+                        endpoint,
+                        code,
+                    },
+                    Value::Counter(*n),
+                )
+            })
+        }),
+    )?;
+    API_ANOMALIES.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view.snapshot.anomalies.iter().map(|(kind, n)| {
+                (
+                    ProjectKind {
+                        project: &p.view.name,
+                        kind,
+                    },
+                    Value::Counter(*n),
+                )
+            })
+        }),
+    )?;
+    STORAGE_WRITES.emit(
+        enc,
+        projects.iter().flat_map(|p| {
+            p.view.storage.iter().flat_map(|s| {
+                [("success", s.writes_ok), ("error", s.writes_failed)].map(|(result, n)| {
+                    (
+                        ProjectResult {
+                            project: &p.view.name,
+                            result,
+                        },
+                        Value::Counter(n),
+                    )
+                })
+            })
+        }),
+    )
+}
+
+fn unix_seconds(t: time::OffsetDateTime) -> f64 {
+    t.unix_timestamp_nanos() as f64 / 1e9
 }
 
 /// A one-line summary of a project's state, for the landing page.

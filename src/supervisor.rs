@@ -17,9 +17,7 @@ use std::time::Duration;
 
 use futures::FutureExt as _;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -214,17 +212,15 @@ impl Collector for TaskCollector {
         if up.is_empty() {
             return Ok(());
         }
-        let mut family = encoder.encode_descriptor(
-            "kapso_exporter_task_up",
-            "Whether a background task of the exporter runs: 1 while it does, 0 once it panicked or ended before shutdown (then /-/healthy answers 503).",
-            None,
-            MetricType::Gauge,
-        )?;
-        for (name, running) in &up {
-            let labels = [("task", name.as_str())];
-            ConstGauge::new(i64::from(*running)).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
+        crate::metrics::TASK_UP.emit(
+            &mut encoder,
+            up.iter().map(|(task, running)| {
+                (
+                    crate::metrics::Task { task },
+                    crate::metrics::Value::Gauge(f64::from(u8::from(*running))),
+                )
+            }),
+        )
     }
 }
 

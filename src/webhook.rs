@@ -31,15 +31,16 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
-use prometheus_client::metrics::MetricType;
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::DescriptorEncoder;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::clock::{Clock, Micros, micros, plausible};
 use crate::kapso::models::parse_timestamp;
+use crate::metrics::{
+    ProjectLabels, ProjectResult, ProjectSource, Value, WEBHOOK_DEDUPE_KEYS,
+    WEBHOOK_HANDOFF_EVENTS, WEBHOOK_LAST_ACCEPTED, WEBHOOK_REQUESTS,
+};
 use crate::poller::tracker::{Applied, Event, EventKind};
 use crate::poller::{self, SharedTracker};
 use crate::state::{self, SharedProject};
@@ -496,58 +497,43 @@ impl Collector for WebhookCollector {
             })
             .collect();
         let unknown = *lock(&inner.unknown);
-        let mut family = encoder.encode_descriptor(
-            "kapso_webhook_requests",
-            "Webhook deliveries received, by result (accepted, duplicate, invalid_signature, malformed, ignored, too_large, unknown_project; the last under project=\"\").",
-            None,
-            MetricType::Counter,
+        let enc = &mut encoder;
+        let result = |project, result| ProjectResult { project, result };
+        WEBHOOK_REQUESTS.emit(
+            enc,
+            stats
+                .iter()
+                .flat_map(|(project, s, _)| {
+                    s.results
+                        .iter()
+                        .map(|(r, n)| (result(project, r), Value::Counter(*n)))
+                })
+                .chain([(result("", "unknown_project"), Value::Counter(unknown))]),
         )?;
-        for (project, s, _) in &stats {
-            for (result, n) in &s.results {
-                let labels = [("project", *project), ("result", *result)];
-                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
-            }
-        }
-        let labels = [("project", ""), ("result", "unknown_project")];
-        ConstCounter::new(unknown).encode(family.encode_family(&labels)?)?;
-
-        let mut family = encoder.encode_descriptor(
-            "kapso_webhook_last_accepted_timestamp_seconds",
-            "Unix time of the last accepted webhook delivery (absent until one was).",
-            None,
-            MetricType::Gauge,
+        WEBHOOK_LAST_ACCEPTED.emit(
+            enc,
+            stats.iter().filter_map(|(project, s, _)| {
+                let t = s.last_accepted?;
+                Some((
+                    ProjectLabels { project },
+                    Value::Gauge(t.unix_timestamp_nanos() as f64 / 1e9),
+                ))
+            }),
         )?;
-        for (project, s, _) in &stats {
-            if let Some(t) = s.last_accepted {
-                let labels = [("project", *project)];
-                ConstGauge::new(t.unix_timestamp_nanos() as f64 / 1e9)
-                    .encode(family.encode_family(&labels)?)?;
-            }
-        }
-
-        let mut family = encoder.encode_descriptor(
-            "kapso_webhook_handoff_events",
-            "Handoff events received (duplicates excluded), by Kapso's handoff source.",
-            None,
-            MetricType::Counter,
+        WEBHOOK_HANDOFF_EVENTS.emit(
+            enc,
+            stats.iter().flat_map(|(project, s, _)| {
+                s.handoff_sources
+                    .iter()
+                    .map(|(source, n)| (ProjectSource { project, source }, Value::Counter(*n)))
+            }),
         )?;
-        for (project, s, _) in &stats {
-            for (source, n) in &s.handoff_sources {
-                let labels = [("project", *project), ("source", *source)];
-                ConstCounter::new(*n).encode(family.encode_family(&labels)?)?;
-            }
-        }
-
-        let mut family = encoder.encode_descriptor(
-            "kapso_webhook_dedupe_keys",
-            "Delivery keys remembered to recognise duplicates (bounded).",
-            None,
-            MetricType::Gauge,
+        WEBHOOK_DEDUPE_KEYS.emit(
+            enc,
+            stats
+                .iter()
+                .map(|(project, _, keys)| (ProjectLabels { project }, Value::Gauge(*keys as f64))),
         )?;
-        for (project, _, keys) in &stats {
-            let labels = [("project", *project)];
-            ConstGauge::new(*keys as i64).encode(family.encode_family(&labels)?)?;
-        }
         Ok(())
     }
 }

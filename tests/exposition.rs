@@ -209,6 +209,50 @@ async fn the_readme_documents_every_metric() {
             );
         }
     }
+    // The README's table and the exporter's table of families agree row for row: name,
+    // type and labels (every series but two carries `project`, which the table leaves out).
+    let families: std::collections::BTreeMap<String, &kapso_exporter::metrics::Family> =
+        kapso_exporter::metrics::FAMILIES
+            .iter()
+            .map(|f| (f.served_name(), *f))
+            .collect();
+    assert_eq!(
+        table.keys().collect::<Vec<_>>(),
+        families.keys().collect::<Vec<_>>(),
+        "README rows vs metrics::FAMILIES"
+    );
+    for (name, f) in &families {
+        let (doc_kind, doc_labels) = &table[name];
+        let kind = match f.kind {
+            kapso_exporter::metrics::Kind::Gauge => "gauge",
+            kapso_exporter::metrics::Kind::Counter => "counter",
+        };
+        assert!(doc_kind.starts_with(kind), "{name}: {kind} vs {doc_kind}");
+        let labels: Vec<&str> = f
+            .labels
+            .iter()
+            .copied()
+            .filter(|l| *l != "project")
+            .collect();
+        let doc: Vec<&str> = doc_labels
+            .split(',')
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect();
+        assert_eq!(labels, doc, "{name}: labels");
+    }
+    // What is served is what the table says, help text included.
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (name, help) = rest.split_once(' ').unwrap();
+            let f = kapso_exporter::metrics::FAMILIES
+                .iter()
+                .find(|f| f.name == name || f.served_name() == name)
+                .unwrap_or_else(|| panic!("{name} is served but not in metrics::FAMILIES"));
+            let escaped = f.help.replace('\\', "\\\\").replace('\n', "\\n");
+            assert_eq!(help, escaped, "{name}: help");
+        }
+    }
     // Supervised tasks exist only in the running binary (`app::start`); `tests/supervision.rs`
     // and `tests/cli.rs` check that family.
     for name in table.keys().filter(|n| *n != "kapso_exporter_task_up") {

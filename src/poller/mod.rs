@@ -82,6 +82,8 @@ pub struct Poller {
     state: SharedProject,
     tracker: SharedTracker,
     max_conversations: usize,
+    /// `--metrics.max-steps-per-workflow`; 0 for the default.
+    max_steps: usize,
     /// Where the tracker is saved (`--storage.path`).
     storage: Option<Store>,
     /// The webhook dedupe window, saved with the tracker.
@@ -105,9 +107,17 @@ impl Poller {
             state,
             tracker: Arc::new(Mutex::new(Tracker::new())),
             max_conversations,
+            max_steps: 0,
             storage: None,
             deliveries: None,
         }
+    }
+
+    /// Caps the steps per workflow with series of their own (`--metrics.max-steps-per-workflow`).
+    pub fn with_max_steps(mut self, n: usize) -> Self {
+        self.max_steps = n;
+        lock(&self.tracker).set_max_steps(n);
+        self
     }
 
     /// Saves the tracker in `store` after every successful poll and at shutdown, and restores
@@ -122,6 +132,7 @@ impl Poller {
                 let mut saved = *saved;
                 // Nothing is up to date until a poll says so.
                 saved.tracker.mark_workflows_stale();
+                saved.tracker.set_max_steps(self.max_steps);
                 let snapshot = saved.tracker.snapshot(self.max_conversations);
                 *lock(&self.tracker) = saved.tracker;
                 if let (Some(d), Some(window)) = (&deliveries, saved.deliveries) {

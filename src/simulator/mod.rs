@@ -275,6 +275,23 @@ pub struct GroundTruth {
     /// Executions now in a status outside the spec's enum, per (workflow id, status string);
     /// nonzero entries only. They are in no live count.
     pub unknown_status: BTreeMap<(String, String), u64>,
+    /// Live executions per ([`StepTruth`], live status); nonzero entries only.
+    pub steps: BTreeMap<(StepTruth, ExecStatus), u64>,
+    /// Oldest `last_event_at` per ([`StepTruth`], live status), present when the count is > 0.
+    pub step_oldest_last_event: BTreeMap<(StepTruth, ExecStatus), OffsetDateTime>,
+    /// Transitions into `failed` since the last mark (executions started failed included),
+    /// per step the execution was at when it failed; nonzero entries only.
+    pub step_failures: BTreeMap<StepTruth, u64>,
+}
+
+/// A step of a workflow, as the exporter's step series label it.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct StepTruth {
+    pub workflow_id: String,
+    /// `current_step.identifier`.
+    pub step: String,
+    /// `current_step.stepable_type`.
+    pub step_type: String,
 }
 
 impl GroundTruth {
@@ -557,6 +574,36 @@ impl Simulator {
         if !known {
             tracing::warn!(execution_id, "touch: unknown execution");
         }
+    }
+
+    /// Moves an execution to the step `identifier` of its workflow (at `now`, with a new
+    /// event), whatever its status; unknown ids and identifiers are logged and ignored.
+    pub fn set_step(&self, execution_id: &str, identifier: &str) {
+        let now = self.now_us();
+        let moved =
+            parse_uuid(execution_id).is_some_and(|id| self.world().set_step(id, identifier, now));
+        if !moved {
+            tracing::warn!(
+                execution_id,
+                identifier,
+                "set_step: unknown execution or step"
+            );
+        }
+    }
+
+    /// The steps of a workflow's graph: (identifier, stepable_type), in graph order.
+    pub fn workflow_steps(&self, workflow_id: &str) -> Vec<(String, String)> {
+        let world = self.world();
+        parse_uuid(workflow_id)
+            .and_then(|id| world.workflow_index(id))
+            .map(|wi| {
+                world.workflows[wi as usize]
+                    .steps
+                    .iter()
+                    .map(|s| (s.identifier.to_owned(), s.stepable_type.to_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Replaces the API variance. Rendering settings apply to the next response; settings

@@ -17,9 +17,9 @@ use std::time::Duration;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use super::codec::{Key, Uid, datetime, new_uuid};
+use super::codec::{Key, Uid, datetime, derived_uuid, new_uuid};
 use super::variance::{StartOverride, Variance};
-use super::{ExecStatus, GroundTruth, SimulatorConfig, WorkflowTruth};
+use super::{ExecStatus, GroundTruth, SimulatorConfig, StepTruth, WorkflowTruth};
 
 const MINUTE_US: i64 = 60_000_000;
 const HOUR_US: i64 = 60 * MINUTE_US;
@@ -34,18 +34,65 @@ pub(crate) struct Step {
     pub id: u128,
     pub identifier: &'static str,
     pub stepable_type: &'static str,
+    pub role: Role,
     pub x: f64,
     pub y: f64,
 }
 
-/// The steps every simulated workflow has (identifier, Ruby class; facts sheet §10).
-const STEPS: [(&str, &str); 6] = [
-    ("start", "FlowActionStep"),
-    ("agent_reply", "FlowAgentStep"),
-    ("route_intent", "FlowDecideStep"),
-    ("wait_response", "FlowWaitStep"),
-    ("handoff_to_agent", "FlowActionStep"),
-    ("send_goodbye", "FlowActionStep"),
+/// What an execution does at a step, which decides the statuses it can have there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The trigger: `running`.
+    Start,
+    /// An agent, action or decision step: `running`.
+    Work,
+    /// Waits for the customer: `waiting`.
+    Wait,
+    /// Hands the conversation to a person: `handoff`.
+    Handoff,
+    /// The last step: `ended`.
+    End,
+}
+
+use Role::{End, Handoff, Start, Wait, Work};
+
+/// A node of a graph template: identifier, Ruby class (`current_step.stepable_type`), role.
+type Node = (&'static str, &'static str, Role);
+
+/// The graphs simulated workflows follow, chosen by workflow index. The first `Work` step
+/// that calls out (a `FlowActionStep`) is where most failures happen.
+const GRAPHS: [&[Node]; 3] = [
+    // A support bot.
+    &[
+        ("start", "FlowActionStep", Start),
+        ("agent_reply", "FlowAgentStep", Work),
+        ("route_intent", "FlowDecideStep", Work),
+        ("wait_response", "FlowWaitStep", Wait),
+        ("lookup_order", "FlowActionStep", Work),
+        ("handoff_to_agent", "FlowActionStep", Handoff),
+        ("send_goodbye", "FlowActionStep", End),
+    ],
+    // Booking an appointment.
+    &[
+        ("start", "FlowActionStep", Start),
+        ("ask_date", "FlowWaitStep", Wait),
+        ("check_availability", "FlowActionStep", Work),
+        ("confirm_slot", "FlowAgentStep", Work),
+        ("wait_confirmation", "FlowWaitStep", Wait),
+        ("escalate_to_staff", "FlowActionStep", Handoff),
+        ("send_confirmation", "FlowActionStep", End),
+    ],
+    // A feedback survey.
+    &[
+        ("start", "FlowActionStep", Start),
+        ("ask_rating", "FlowWaitStep", Wait),
+        ("score_branch", "FlowDecideStep", Work),
+        ("ask_comment", "FlowWaitStep", Wait),
+        ("summarise_feedback", "FlowAgentStep", Work),
+        ("sync_crm", "FlowActionStep", Work),
+        ("handoff_detractor", "FlowActionStep", Handoff),
+        ("thank_you", "FlowActionStep", End),
+    ],
 ];
 
 /// A workflow and the indexes of its executions.
@@ -84,19 +131,41 @@ pub(crate) struct Workflow {
 }
 
 impl Workflow {
-    /// The step an execution in `status` currently sits on.
+    /// The step an execution sits on (its last step once finished).
     pub fn step_for(&self, exec: &Execution) -> &Step {
-        let index = match exec.status {
-            ExecStatus::Running => 1 + (exec.id % 2) as usize,
-            ExecStatus::Waiting => 3,
-            ExecStatus::Handoff => 4,
-            ExecStatus::Ended => 5,
-            ExecStatus::Failed => 1,
-        };
         self.steps
-            .get(index)
+            .get(usize::from(exec.step))
             .or(self.steps.first())
             .unwrap_or(&FALLBACK_STEP)
+    }
+
+    /// Where an execution entering `status` goes, `salt` choosing among equal candidates:
+    /// running at a start or work step, waiting at a wait step, in handoff at the handoff
+    /// step, ended at the last step; a failure happens at the fragile step two times in
+    /// three, else where the execution was.
+    fn place(&self, status: ExecStatus, current: u8, salt: u64) -> u8 {
+        let pick = |roles: &[Role]| -> Option<u8> {
+            let candidates: Vec<u8> = (0..self.steps.len())
+                .filter(|&i| roles.contains(&self.steps[i].role))
+                .map(|i| i as u8)
+                .collect();
+            (!candidates.is_empty()).then(|| candidates[(salt % candidates.len() as u64) as usize])
+        };
+        let fragile = || {
+            self.steps
+                .iter()
+                .position(|s| s.role == Work && s.stepable_type == "FlowActionStep")
+                .map(|i| i as u8)
+        };
+        let step = match status {
+            ExecStatus::Running => pick(&[Start, Work]),
+            ExecStatus::Waiting => pick(&[Wait]),
+            ExecStatus::Handoff => pick(&[Handoff]),
+            ExecStatus::Ended => pick(&[End]),
+            ExecStatus::Failed if salt % 3 != 0 => fragile(),
+            ExecStatus::Failed => None,
+        };
+        step.unwrap_or(current)
     }
 }
 
@@ -104,9 +173,16 @@ static FALLBACK_STEP: Step = Step {
     id: 0,
     identifier: "start",
     stepable_type: "FlowActionStep",
+    role: Start,
     x: 0.0,
     y: 0.0,
 };
+
+/// A salt for [`Workflow::place`] that draws nothing from the world's rng (so the evolution
+/// is the same whatever the steps do).
+fn salt(id: u128, at_us: i64) -> u64 {
+    (derived_uuid(id, at_us as u64) >> 64) as u64
+}
 
 /// A WhatsApp conversation and the indexes of its executions.
 #[derive(Debug)]
@@ -135,6 +211,8 @@ pub(crate) struct Execution {
     pub started_us: i64,
     pub last_event_us: i64,
     pub ended_us: Option<i64>,
+    /// Index of its current step in its workflow's `steps`.
+    pub step: u8,
     /// A status outside the spec's enum, as an index into `World::unknown_names`. While set,
     /// `status` keeps the status it left and the execution is in no `by_status` set.
     pub unknown: Option<u32>,
@@ -159,6 +237,8 @@ struct Counters {
     started: Vec<u64>,
     finished: Vec<[u64; 2]>,
     handoffs: Vec<u64>,
+    /// Failures by (workflow index, step index).
+    step_failures: BTreeMap<(u32, u8), u64>,
 }
 
 /// The whole simulated project.
@@ -324,6 +404,7 @@ impl World {
             }
         }
         w.counters = Counters {
+            step_failures: BTreeMap::new(),
             started: vec![0; w.workflows.len()],
             finished: vec![[0; 2]; w.workflows.len()],
             handoffs: vec![0; w.workflows.len()],
@@ -549,6 +630,23 @@ impl World {
         }
     }
 
+    /// Moves an execution to the step `identifier` of its workflow at `now_us`; `false` if
+    /// the execution or the step is unknown.
+    pub fn set_step(&mut self, id: u128, identifier: &str, now_us: i64) -> bool {
+        let Some(&ix) = self.execution_ix.get(&id) else {
+            return false;
+        };
+        let e = &self.executions[ix as usize];
+        let steps = &self.workflows[e.workflow as usize].steps;
+        let Some(step) = steps.iter().position(|s| s.identifier == identifier) else {
+            return false;
+        };
+        self.executions[ix as usize].step = step as u8;
+        let e = &mut self.executions[ix as usize];
+        e.last_event_us = e.last_event_us.max(now_us);
+        true
+    }
+
     /// Moves an execution to a status string at `now_us`; a spec status is a plain
     /// [`World::set_status`], anything else an unknown status. `false` if the id is unknown.
     pub fn set_unknown_status(&mut self, id: u128, status: &str, now_us: i64) -> bool {
@@ -613,6 +711,7 @@ impl World {
             started: vec![0; n],
             finished: vec![[0; 2]; n],
             handoffs: vec![0; n],
+            step_failures: BTreeMap::new(),
         };
     }
 
@@ -646,13 +745,14 @@ impl World {
     fn insert_workflow(&mut self, name: &str, status: &str, created_us: i64) -> u32 {
         let id = new_uuid(&mut self.rng);
         let slug = self.unique_slug(name);
-        let steps = STEPS
+        let steps = GRAPHS[self.workflows.len() % GRAPHS.len()]
             .iter()
             .enumerate()
-            .map(|(i, &(identifier, stepable_type))| Step {
-                id: new_uuid(&mut self.rng),
+            .map(|(i, &(identifier, stepable_type, role))| Step {
+                id: derived_uuid(id, i as u64),
                 identifier,
                 stepable_type,
+                role,
                 x: 100.0 + 250.0 * i as f64,
                 y: if i % 2 == 0 { 100.0 } else { 220.0 },
             })
@@ -802,6 +902,7 @@ impl World {
             c.by_status[status.index()].insert(key);
             self.bump_conversation(ci, last_event_us);
         }
+        let step = self.workflows[workflow as usize].place(status, 0, salt(id, started_us));
         self.executions.push(Execution {
             id,
             workflow,
@@ -811,6 +912,7 @@ impl World {
             started_us,
             last_event_us,
             ended_us,
+            step,
             unknown: None,
             stale: None,
             deleted: false,
@@ -859,10 +961,20 @@ impl World {
             ExecStatus::Ended => self.counters.finished[w][0] += 1,
             ExecStatus::Failed => {
                 self.counters.finished[w][1] += 1;
+                self.count_step_failure(ix);
                 self.record_transition(ix, true, at_us);
             }
             ExecStatus::Running | ExecStatus::Waiting => {}
         }
+    }
+
+    fn count_step_failure(&mut self, ix: u32) {
+        let e = &self.executions[ix as usize];
+        *self
+            .counters
+            .step_failures
+            .entry((e.workflow, e.step))
+            .or_default() += 1;
     }
 
     /// Records a counted entry into `failed` (or `handoff`) while webhooks listen. Draws
@@ -922,6 +1034,8 @@ impl World {
         e.last_event_us = at_us;
         e.ended_us = status.is_terminal().then_some(at_us);
         let (workflow, conversation) = (e.workflow, e.conversation);
+        let (id, current) = (e.id, e.step);
+        e.step = self.workflows[workflow as usize].place(status, current, salt(id, at_us));
         let wf = &mut self.workflows[workflow as usize];
         wf.by_status[old.index()].remove(&key);
         wf.by_status[status.index()].insert(key);
@@ -944,6 +1058,7 @@ impl World {
             let failed = status == ExecStatus::Failed;
             self.counters.finished[w][usize::from(failed)] += 1;
             if failed {
+                self.count_step_failure(ix);
                 self.record_transition(ix, true, at_us);
             }
         }
@@ -1029,8 +1144,13 @@ impl World {
         self.start_overrides.remove(&key.1);
     }
 
+    /// A new event; a running execution moves on to another step.
     fn touch_at(&mut self, ix: u32, at_us: i64) {
         let e = &mut self.executions[ix as usize];
+        if e.status == ExecStatus::Running && e.unknown.is_none() {
+            let wf = &self.workflows[e.workflow as usize];
+            e.step = wf.place(e.status, e.step, salt(e.id, at_us));
+        }
         e.last_event_us = e.last_event_us.max(at_us);
         let (conversation, at) = (e.conversation, e.last_event_us);
         if let Some(ci) = conversation {
@@ -1313,11 +1433,33 @@ impl World {
                 .finished
                 .insert((wf_ids[i].clone(), ExecStatus::Failed), finished[1]);
         }
+        let step_truth = |wi: u32, step: u8| {
+            let w = &self.workflows[wi as usize];
+            let s = &w.steps[usize::from(step).min(w.steps.len() - 1)];
+            StepTruth {
+                workflow_id: wf_ids[wi as usize].clone(),
+                step: s.identifier.to_owned(),
+                step_type: s.stepable_type.to_owned(),
+            }
+        };
+        for (&(wi, step), &n) in &self.counters.step_failures {
+            if n > 0 && !self.workflows[wi as usize].deleted {
+                *truth.step_failures.entry(step_truth(wi, step)).or_default() += n;
+            }
+        }
         let mut last_events: BTreeMap<(String, ExecStatus), Vec<i64>> = BTreeMap::new();
         for list in &self.live {
             for &ix in list {
                 let e = &self.executions[ix as usize];
                 let wf = &wf_ids[e.workflow as usize];
+                let key = (step_truth(e.workflow, e.step), e.status);
+                let at = datetime(e.last_event_us);
+                truth
+                    .step_oldest_last_event
+                    .entry(key.clone())
+                    .and_modify(|t| *t = (*t).min(at))
+                    .or_insert(at);
+                *truth.steps.entry(key).or_default() += 1;
                 last_events
                     .entry((wf.clone(), e.status))
                     .or_default()
