@@ -358,8 +358,8 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
         assert!(
-            text.contains("kapso_exporter_task_up{task=\"simulator\"} 1\n")
-                && text.contains("kapso_exporter_task_up{task=\"http\"} 0\n"),
+            text.contains("kapso_exporter_task_up{task=\"simulator\"} 1.0\n")
+                && text.contains("kapso_exporter_task_up{task=\"http\"} 0.0\n"),
             "{text}"
         );
     }

@@ -30,32 +30,13 @@ const RUNBOOK_BASE: &str =
 const DATASOURCE_UID: &str = "${datasource}";
 const SEVERITIES: [&str; 3] = ["critical", "warning", "info"];
 
-/// The metrics of the exporter's contract; any other `kapso_*` name in a query is a typo.
-const METRICS: &[&str] = &[
-    "kapso_workflow_executions",
-    "kapso_conversation_workflow_executions",
-    "kapso_workflow_executions_started_total",
-    "kapso_workflow_executions_finished_total",
-    "kapso_workflow_execution_handoffs_total",
-    "kapso_workflow_execution_stalled_seconds",
-    "kapso_workflow_executions_stalled",
-    "kapso_conversation_execution_stalled_seconds",
-    "kapso_workflow_info",
-    "kapso_up",
-    "kapso_last_poll_success_timestamp_seconds",
-    "kapso_poll_duration_seconds",
-    "kapso_poll_interval_seconds",
-    "kapso_polls_total",
-    "kapso_poll_errors_total",
-    "kapso_api_requests_total",
-    "kapso_api_rate_limit_remaining",
-    "kapso_api_rate_limit_budget",
-    "kapso_api_requests_per_poll",
-    "kapso_project_ready",
-    "kapso_exporter_build_info",
-    "kapso_webhook_requests_total",
-    "kapso_webhook_last_accepted_timestamp_seconds",
-];
+/// Whether `name` is a family the exporter serves (its table of families, `metrics::FAMILIES`).
+/// Any other `kapso_*` name in a query is a typo.
+fn is_metric(name: &str) -> bool {
+    kapso_exporter::metrics::FAMILIES
+        .iter()
+        .any(|f| f.served_name() == name)
+}
 
 // ------------------------------------------------------------------------------------------------
 // Helpers
@@ -251,7 +232,7 @@ fn unknown_metrics(expr: &str) -> Vec<String> {
     scan_identifiers(expr)
         .into_iter()
         .filter(|id| !id.is_call && id.name.starts_with("kapso_"))
-        .filter(|id| !METRICS.contains(&id.name.as_str()))
+        .filter(|id| !is_metric(&id.name))
         .map(|id| id.name)
         .collect()
 }

@@ -107,13 +107,13 @@ use std::time::Duration;
 use counting_support::{Counts, counts, live3, outcome_unknown, poll_errors, up};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{
-    ExecStatus, Precision, Precisions, Presence, Simulator, StartOverride, Variance,
+    ExecStatus, Precision, Precisions, Presence, Simulator, StartOverride, StepTruth, Variance,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::{Harness, KEY, Samples, parse, test_start};
+use support::{Harness, KEY, Samples, parse, series, test_start};
 use time::{OffsetDateTime, UtcOffset};
 
 use ExecStatus::{Ended, Failed, Handoff, Running, Waiting};
@@ -1283,6 +1283,39 @@ impl Model {
             );
             self.wfs[w].shown_max = got;
             let wf = &self.wfs[w];
+            // Failures by step: each at most the truth at its step, and together exactly the
+            // failures counted (so wherever those are exact, every step is).
+            let mut by_step = 0;
+            for (labels, v) in series(&s, "kapso_workflow_step_failures_total") {
+                if labels["workflow_id"] != wf.id || wf.deleted {
+                    continue;
+                }
+                let step = StepTruth {
+                    workflow_id: wf.id.clone(),
+                    step: labels["step"].clone(),
+                    step_type: labels["step_type"].clone(),
+                };
+                let truth_n = truth.step_failures.get(&step).copied().unwrap_or(0);
+                prop_assert!(
+                    v as u64 <= truth_n,
+                    "poll {}: workflow {} step {:?}: {} failures, more than the truth {}",
+                    poll,
+                    w,
+                    step.step,
+                    v,
+                    truth_n
+                );
+                by_step += v as u64;
+            }
+            if !wf.deleted {
+                prop_assert_eq!(
+                    by_step,
+                    got.failed,
+                    "poll {}: workflow {}: failures by step vs failures",
+                    poll,
+                    w
+                );
+            }
             if self.mode == Mode::Project {
                 let shown_up = up(&s, &wf.id);
                 if committed.contains(&w) {

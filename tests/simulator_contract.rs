@@ -110,6 +110,10 @@ async fn responses_match_the_published_schemas() {
     // One execution of every status, and one without a conversation.
     let wf = sim.add_workflow("Contract Check", "active");
     let conv = sim.add_conversation();
+    let api_only = sim.start_execution(&wf, None, ExecStatus::Waiting);
+    clock.advance(Duration::from_secs(60));
+    sim.tick(Duration::from_secs(60));
+    // After the tick, which may move any live execution.
     let mut by_status = Vec::new();
     for status in ExecStatus::ALL {
         let id = sim.start_execution(&wf, Some(&conv), ExecStatus::Running);
@@ -117,9 +121,6 @@ async fn responses_match_the_published_schemas() {
         sim.set_status(&id, status);
         by_status.push((status, id));
     }
-    let api_only = sim.start_execution(&wf, None, ExecStatus::Waiting);
-    clock.advance(Duration::from_secs(60));
-    sim.tick(Duration::from_secs(60));
 
     let running = sim.spawn().await.unwrap();
     let api = Api::new(&running, KEY);

@@ -142,9 +142,10 @@ pub fn anomalies(s: &Samples, kind: &str) -> f64 {
 /// and the stall metrics (computed at scrape time from the clock), to compare a workflow's
 /// whole state before and after a poll.
 pub fn workflow_series(s: &Samples, wf: &str, skip: &[&str]) -> Samples {
-    const STALL: [&str; 2] = [
+    const STALL: [&str; 3] = [
         "kapso_workflow_execution_stalled_seconds",
         "kapso_workflow_executions_stalled",
+        "kapso_workflow_step_stalled_seconds",
     ];
     s.iter()
         .filter(|((n, l), _)| {
