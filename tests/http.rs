@@ -63,7 +63,7 @@ async fn endpoints_answer_as_documented() {
     assert!(
         page.contains("Kapso Exporter")
             && page.contains("href=\"/metrics\"")
-            && page.contains("default: up"),
+            && page.contains("data-project=\"default\" data-state=\"up\""),
         "{page}"
     );
     assert_eq!(call(r, Method::HEAD, "/metrics").await.0, 200);
