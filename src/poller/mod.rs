@@ -287,6 +287,8 @@ impl Poller {
         let result = match result {
             Ok(snapshot) => {
                 self.tell_success(&snapshot, took, requests);
+                // A failed poll's count is partial and includes its retries: not a measure.
+                self.tell_budget(requests);
                 Ok(())
             }
             Err((e, has_state)) => {
@@ -294,7 +296,6 @@ impl Poller {
                 Err(e)
             }
         };
-        self.tell_budget(requests);
         result
     }
 
@@ -339,12 +340,12 @@ impl Poller {
         self.told.last_error = Some(message);
     }
 
-    /// Says once that polls need more requests than the budget allows per interval, and once
-    /// that they are back within it.
+    /// Says once that completed polls need more requests than the budget allows per interval,
+    /// and once that they are back within it.
     fn tell_budget(&mut self, requests: u64) {
         let over = requests > self.budget;
         if over && !self.told.over_budget {
-            tracing::warn!(project = %self.name, requests, budget = self.budget, interval = %humantime::format_duration(self.interval), "a poll needed more requests than the budget allows per interval, so polls take longer than the interval; raise --poll.interval or --kapso.rate-limit");
+            tracing::warn!(project = %self.name, requests, budget = self.budget, interval = %humantime::format_duration(self.interval), "a poll needed more requests than the budget allows per interval (rate limit over one interval); later polls wait for the rate limiter: raise --poll.interval or --kapso.rate-limit");
         } else if !over && self.told.over_budget {
             tracing::info!(project = %self.name, requests, budget = self.budget, "polls are back within the budget");
         }
