@@ -284,7 +284,7 @@ impl Poller {
             }
         };
         drop(st);
-        let result = match result {
+        match result {
             Ok(snapshot) => {
                 self.tell_success(&snapshot, took, requests);
                 // A failed poll's count is partial and includes its retries: not a measure.
@@ -295,8 +295,7 @@ impl Poller {
                 self.tell_failure(&e, has_state);
                 Err(e)
             }
-        };
-        result
+        }
     }
 
     /// The first success and every recovery at info, one line each; the rest at debug.
