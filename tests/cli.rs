@@ -488,3 +488,39 @@ fn a_recovery_is_one_info_line() {
     demo.stop_with("TERM");
     drop(server);
 }
+
+/// Regenerates the README's picture of the landing page: the demo after its first poll, in
+/// headless chromium at a phone's width (390 px). Run with
+/// `cargo test --test cli -- --ignored regenerate_the_landing_page_screenshot`.
+#[test]
+#[ignore = "writes docs/images/kapso-exporter-landing.png; needs /usr/bin/chromium"]
+fn regenerate_the_landing_page_screenshot() {
+    let mut demo = Demo::spawn(&["--demo", "--web.listen-address", "127.0.0.1:0"], None);
+    demo.wait_for_line("first poll completed", Duration::from_secs(60));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/images/kapso-exporter-landing.png");
+    let profile = std::env::temp_dir().join(format!("kx-shot-{}", std::process::id()));
+    let out = Command::new("/usr/bin/chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=2",
+            "--window-size=390,860",
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("--screenshot={}", path.display()),
+            &format!("http://{}/", demo.addr),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success() && path.exists(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    demo.stop_with("TERM");
+}

@@ -176,7 +176,9 @@ dd{margin:0;overflow-wrap:anywhere}\
 .error{color:var(--down)}\
 .failures{margin:.5rem 0 0;padding-left:1.1rem;font-size:.9rem;overflow-wrap:anywhere}\
 code{font-size:.9em}\
-@media (max-width:30rem){body{padding:.6rem}.cards{grid-template-columns:1fr}dl{grid-template-columns:1fr}dt{margin-top:.3rem}}\
+time{white-space:nowrap}\
+@media (max-width:30rem){body{padding:.6rem}.cards{grid-template-columns:1fr}.project{padding:.6rem .75rem}}\
+@media (max-width:20rem){dl{grid-template-columns:1fr}dt{margin-top:.3rem}}\
 ";
 
 /// The whole document.
