@@ -448,3 +448,61 @@ async fn the_landing_page_renders_in_a_headless_browser() {
     let (width, height) = png_size(&png);
     assert_eq!((width, height), (390, 1600));
 }
+
+/// A log writer into a shared buffer, for the current thread's subscriber.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    /// The lines logged so far that contain `part`.
+    fn count(&self, part: &str) -> usize {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines().filter(|l| l.contains(part)).count()
+    }
+}
+
+/// A workflow that keeps failing on its own is warned about once while it lasts (at debug
+/// after that), and again when it breaks anew; the first poll is one info line.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lasting_error_of_one_workflow_is_warned_once() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (mut h, _) = harness().await;
+    let bad = h.sim.add_workflow("Broken", "active");
+    h.sim.fail_workflow_executions(&bad, Some(404));
+    for _ in 0..3 {
+        h.poll().await;
+    }
+    let warned = "keeping the last good state of one part of the project";
+    assert_eq!(logs.count(" WARN "), 1);
+    assert_eq!(logs.count(warned), 3, "1 warning and 2 debug lines");
+    assert_eq!(logs.count("still keeping the last good state"), 2);
+    assert_eq!(logs.count("first poll completed"), 1);
+    h.sim.fail_workflow_executions(&bad, None);
+    h.poll().await;
+    assert_eq!(logs.count(" WARN "), 1);
+    h.sim.fail_workflow_executions(&bad, Some(404));
+    h.poll().await;
+    assert_eq!(logs.count(" WARN "), 2, "broken anew");
+    assert_eq!(
+        logs.count("polling recovered"),
+        0,
+        "no poll failed as a whole"
+    );
+}

@@ -100,6 +100,8 @@ struct Told {
     failures_in_a_row: u64,
     last_error: Option<String>,
     over_budget: bool,
+    /// The errors of parts of the project (one workflow or conversation) at the last poll.
+    scoped_errors: BTreeSet<String>,
 }
 
 /// The requests one poll may spend: the key's budget per minute over one poll interval.
@@ -256,9 +258,7 @@ impl Poller {
         };
         let took = started.elapsed();
         let requests = self.client.stats().total() - requests_before;
-        for line in &outcome.scoped_errors {
-            tracing::warn!(project = %self.name, error = %line, "keeping the last good state of one part of the project");
-        }
+        self.tell_scoped(&outcome.scoped_errors);
         let snapshot = outcome
             .committed
             .then(|| lock(&self.tracker).snapshot(self.max_conversations));
@@ -337,6 +337,18 @@ impl Poller {
             tracing::warn!(project = %self.name, error = %message, "poll failed; {serving}");
         }
         self.told.last_error = Some(message);
+    }
+
+    /// The errors of parts of the project, each once while it lasts (again at debug).
+    fn tell_scoped(&mut self, lines: &[String]) {
+        for line in lines {
+            if self.told.scoped_errors.contains(line) {
+                tracing::debug!(project = %self.name, error = %line, "still keeping the last good state of one part of the project");
+            } else {
+                tracing::warn!(project = %self.name, error = %line, "keeping the last good state of one part of the project");
+            }
+        }
+        self.told.scoped_errors = lines.iter().cloned().collect();
     }
 
     /// Says once that completed polls need more requests than the budget allows per interval,
