@@ -96,6 +96,14 @@ fn build_with(
         let router = http::auth::protect(receiver.router(), &listener.web);
         (receiver, router)
     });
+    let landing = http::landing::Landing {
+        clock: clock.clone(),
+        modes: config
+            .projects
+            .iter()
+            .map(|p| poller::mode_label(p, config.demo))
+            .collect(),
+    };
     let mut registry = metrics::registry(projects.clone(), clock, &config.stall_thresholds);
     // Collectors of their own, so that these metrics stay apart from the project metrics.
     registry.register_collector(Box::new(TaskCollector::new(tasks.clone())));
@@ -108,6 +116,7 @@ fn build_with(
         tasks.clone(),
         &config.telemetry_path,
         webhooks.as_ref().map(|(r, _)| r.clone()),
+        landing,
     );
     let router = http::auth::protect(router, &config.web);
     Ok(Exporter {
@@ -210,7 +219,15 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
         .zip(&config.projects)
         .zip(&exporter.projects)
     {
-        tracing::info!(interval = %humantime::format_duration(p.poll_interval), budget = p.rate_limit, "polling {}", poller::describe(p));
+        tracing::info!(
+            mode = poller::mode_label(p, config.demo),
+            base_url = %crate::kapso::shown_url(&p.base_url),
+            interval = %humantime::format_duration(p.poll_interval),
+            budget_per_minute = p.rate_limit,
+            budget_per_poll = poller::budget_per_poll(p.rate_limit, p.poll_interval),
+            "polling {}",
+            poller::describe(p)
+        );
         supervisor.spawn_poller(state.clone(), poller.run(cancel.clone()));
     }
     supervisor.spawn(

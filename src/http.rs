@@ -13,6 +13,7 @@
 //! [`server`] serves the router, plain or TLS, with limits against hostile clients.
 
 pub mod auth;
+pub mod landing;
 pub mod server;
 
 use std::sync::Arc;
@@ -28,6 +29,7 @@ use futures::StreamExt as _;
 use prometheus_client::registry::Registry;
 
 use crate::config::VERSION;
+use crate::http::landing::{Card, Landing, Page};
 use crate::metrics;
 use crate::state::{self, SharedProject};
 use crate::supervisor::Tasks;
@@ -41,16 +43,19 @@ struct AppState {
     telemetry_path: Arc<str>,
     /// The webhook receiver, for the recent failures it was told of.
     webhooks: Option<Receiver>,
+    landing: Arc<Landing>,
 }
 
 /// The router of every endpoint; `tasks` are the supervised tasks the health endpoints report,
-/// `webhooks` the receiver whose recent failures the landing page lists.
+/// `webhooks` the receiver whose recent failures the landing page lists, `landing` what else
+/// the landing page shows.
 pub fn router(
     registry: Registry,
     projects: Vec<SharedProject>,
     tasks: Tasks,
     telemetry_path: &str,
     webhooks: Option<Receiver>,
+    landing: Landing,
 ) -> Router {
     let state = AppState {
         registry: Arc::new(registry),
@@ -58,10 +63,11 @@ pub fn router(
         tasks,
         telemetry_path: Arc::from(telemetry_path),
         webhooks,
+        landing: Arc::new(landing),
     };
     Router::new()
         .route(telemetry_path, get(metrics_handler))
-        .route("/", get(landing))
+        .route("/", get(landing_page))
         .route("/-/healthy", get(healthy))
         .route("/-/ready", get(ready))
         .with_state(state)
@@ -238,45 +244,24 @@ async fn ready(State(app): State<AppState>) -> Response {
     }
 }
 
-async fn landing(State(app): State<AppState>) -> Html<String> {
-    let mut rows = String::new();
-    for p in app.projects.iter() {
-        let (name, line) = {
-            let st = state::read(p);
-            (st.name.clone(), metrics::describe_state(&st))
-        };
-        rows.push_str("<li>");
-        rows.push_str(&escape(&line));
-        let failures = app
-            .webhooks
-            .as_ref()
-            .map(|w| w.recent_failures(&name))
-            .unwrap_or_default();
-        if !failures.is_empty() {
-            rows.push_str("\n<br>Recent failures (webhooks, newest first):\n<ul>\n");
-            for f in failures {
-                rows.push_str(&format!(
-                    "<li>{} workflow {} execution {}: {}</li>\n",
-                    escape(&crate::clock::rfc3339_seconds(f.occurred_at)),
-                    escape(&f.workflow_id),
-                    escape(&f.execution_id),
-                    escape(&f.message),
-                ));
+async fn landing_page(State(app): State<AppState>) -> Html<String> {
+    let now = app.landing.clock.now();
+    let cards = app
+        .projects
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mode = app.landing.modes.get(i).copied().unwrap_or("project");
+            let mut card = Card::of(&state::read(p), mode, now);
+            if let Some(w) = &app.webhooks {
+                card.failures = w.recent_failures(&card.name);
             }
-            rows.push_str("</ul>\n");
-        }
-        rows.push_str("</li>\n");
-    }
-    let path = escape(&app.telemetry_path);
-    Html(format!(
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>Kapso Exporter</title></head>\n<body>\n<h1>Kapso Exporter</h1>\n<p>Version {version}</p>\n<ul>\n<li><a href=\"{path}\">Metrics</a></li>\n<li><a href=\"/-/healthy\">Health</a></li>\n<li><a href=\"/-/ready\">Readiness</a></li>\n</ul>\n<h2>Projects</h2>\n<ul>\n{rows}</ul>\n</body></html>\n",
-        version = escape(VERSION)
-    ))
-}
-
-fn escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+            card
+        })
+        .collect();
+    Html(landing::render(&Page {
+        version: VERSION,
+        telemetry_path: &app.telemetry_path,
+        cards,
+    }))
 }

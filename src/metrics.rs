@@ -4,7 +4,6 @@
 //! Stall gauges are computed from `last_event_at` against the scrape's "now", so they keep
 //! growing between polls. Series are emitted in a deterministic order.
 
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
@@ -668,33 +667,6 @@ fn project_counters(enc: &mut DescriptorEncoder, projects: &[Scraped]) -> std::f
 
 fn unix_seconds(t: time::OffsetDateTime) -> f64 {
     t.unix_timestamp_nanos() as f64 / 1e9
-}
-
-/// A one-line summary of a project's state, for the landing page.
-pub fn describe_state(p: &ProjectState) -> String {
-    let mut s = String::new();
-    let _ = write!(
-        s,
-        "{}: {}, {} workflows, {} polls ok, {} failed",
-        p.name,
-        if p.up {
-            "up"
-        } else if p.ready {
-            "down (serving last good state)"
-        } else {
-            "waiting for the first poll"
-        },
-        p.snapshot.workflows.len(),
-        p.polls_success,
-        p.polls_error
-    );
-    if let Some(t) = p.last_success {
-        let _ = write!(s, ", last success {t}");
-    }
-    if let Some(e) = &p.last_error {
-        let _ = write!(s, ", last error: {e}");
-    }
-    s
 }
 
 #[cfg(test)]

@@ -88,17 +88,21 @@ fn version_shows_the_revision() {
     );
 }
 
-/// The binary in `--demo` mode on a free port, killed on drop if a test fails first.
+/// The binary on a free port, its stderr read line by line; killed on drop if a test fails
+/// first.
 struct Demo {
     child: std::process::Child,
     addr: String,
     lines: std::sync::mpsc::Receiver<String>,
+    /// Every line read so far.
+    seen: Vec<String>,
 }
 
 impl Demo {
+    /// `--demo` polling every 2 s.
     fn start() -> Demo {
-        let mut child = Command::new(BIN)
-            .args([
+        Demo::spawn(
+            &[
                 "--demo",
                 "--web.listen-address",
                 "127.0.0.1:0",
@@ -106,8 +110,21 @@ impl Demo {
                 "2s",
                 "--kapso.timeout",
                 "1s",
-            ])
+            ],
+            None,
+        )
+    }
+
+    /// The binary with `args` (and `KAPSO_API_KEY` = `key`), once it serves metrics.
+    fn spawn(args: &[&str], key: Option<&str>) -> Demo {
+        let mut cmd = Command::new(BIN);
+        cmd.args(args)
             .env_remove("KAPSO_API_KEY")
+            .env_remove("KAPSO_BASE_URL");
+        if let Some(k) = key {
+            cmd.env("KAPSO_API_KEY", k);
+        }
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -125,6 +142,7 @@ impl Demo {
             child,
             addr: String::new(),
             lines,
+            seen: Vec::new(),
         };
         let line = demo.wait_for_line("serving metrics", Duration::from_secs(30));
         demo.addr = line
@@ -138,17 +156,31 @@ impl Demo {
         demo
     }
 
-    fn wait_for_line(&self, wanted: &str, limit: Duration) -> String {
+    fn wait_for_line(&mut self, wanted: &str, limit: Duration) -> String {
         let deadline = Instant::now() + limit;
         loop {
             let line = self
                 .lines
                 .recv_timeout(deadline.saturating_duration_since(Instant::now()))
-                .unwrap_or_else(|_| panic!("no log line with {wanted:?} within {limit:?}"));
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "no log line with {wanted:?} within {limit:?}; seen:\n{}",
+                        self.seen.join("\n")
+                    )
+                });
+            self.seen.push(line.clone());
             if line.contains(wanted) {
                 return line;
             }
         }
+    }
+
+    /// The lines seen so far that contain every one of `parts`.
+    fn seen_with(&self, parts: &[&str]) -> Vec<&String> {
+        self.seen
+            .iter()
+            .filter(|l| parts.iter().all(|p| l.contains(p)))
+            .collect()
     }
 
     /// Sends `signal` and asserts a clean exit within the shutdown grace period plus margin.
@@ -282,4 +314,213 @@ fn a_port_in_use_is_one_line_and_exit_69() {
     let errors: Vec<&str> = stderr.lines().filter(|l| l.contains(&addr)).collect();
     assert_eq!(errors.len(), 1, "said once: {stderr}");
     assert!(errors[0].contains("failed to listen on"), "{stderr}");
+}
+
+/// Polls `demo` has completed (the first at info, the others at debug).
+fn wait_for_polls(demo: &mut Demo, polls: usize) {
+    demo.wait_for_line("first poll completed", Duration::from_secs(30));
+    for _ in 1..polls {
+        demo.wait_for_line("msg=\"poll completed\"", Duration::from_secs(30));
+    }
+}
+
+/// The demo's log at info: a start line naming mode, base URL, interval and budget; the first
+/// poll once, with its numbers; a poll over the budget said once, however many follow.
+#[test]
+fn the_demo_log_tells_the_story_once() {
+    // 600 requests per minute polled every second: 10 per poll, fewer than the demo's six
+    // workflows need (1 + 3 live lists each), so every poll is over the budget.
+    let mut demo = Demo::spawn(
+        &[
+            "--demo",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--poll.interval",
+            "1s",
+            "--kapso.timeout",
+            "500ms",
+            "--kapso.rate-limit",
+            "600",
+            "--log.level",
+            "debug",
+        ],
+        None,
+    );
+    wait_for_polls(&mut demo, 3);
+    let start = demo.seen_with(&["level=info", "polling project default"]);
+    assert_eq!(start.len(), 1, "{:#?}", demo.seen);
+    for part in [
+        "mode=demo",
+        "base_url=http://127.0.0.1:",
+        "interval=1s",
+        "budget_per_minute=600",
+        "budget_per_poll=10",
+    ] {
+        assert!(start[0].contains(part), "{part} not in {}", start[0]);
+    }
+    let first = demo.seen_with(&["level=info", "first poll completed"]);
+    assert_eq!(first.len(), 1, "{:#?}", demo.seen);
+    for part in [
+        "project=default",
+        "workflows=6",
+        "live_executions=",
+        "requests=",
+        "took=",
+    ] {
+        assert!(first[0].contains(part), "{part} not in {}", first[0]);
+    }
+    let over = demo.seen_with(&["level=warn", "more requests than the budget allows"]);
+    assert_eq!(over.len(), 1, "said once: {:#?}", demo.seen);
+    assert!(over[0].contains("budget=10"), "{}", over[0]);
+    assert!(demo.seen_with(&["<url>"]).is_empty());
+    assert!(demo.seen_with(&["demo-api-key"]).is_empty(), "key leaked");
+    demo.stop_with("TERM");
+}
+
+/// An API nobody answers: one warning that names the URL and the cause (no `<url>`
+/// placeholder), no claim of a last good state there is none of, and the same error at debug
+/// from then on.
+#[test]
+fn an_unreachable_api_is_one_clear_error_line() {
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let base = format!("http://127.0.0.1:{port}/platform/v1");
+    let key = "sk-cli-unreachable-0123456789";
+    let mut demo = Demo::spawn(
+        &[
+            "--kapso.base-url",
+            &base,
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--poll.interval",
+            "1s",
+            "--kapso.timeout",
+            "500ms",
+            "--log.level",
+            "debug",
+        ],
+        Some(key),
+    );
+    demo.wait_for_line("poll failed again", Duration::from_secs(30));
+    demo.wait_for_line("poll failed again", Duration::from_secs(30));
+    let start = demo.seen_with(&["level=info", "polling project default"]);
+    assert_eq!(start.len(), 1, "{:#?}", demo.seen);
+    assert!(
+        start[0].contains(&format!("base_url={base}")),
+        "{}",
+        start[0]
+    );
+    assert!(start[0].contains("mode=project"), "{}", start[0]);
+    let failed = demo.seen_with(&["level=warn", "poll failed"]);
+    assert_eq!(failed.len(), 1, "said once: {:#?}", demo.seen);
+    let line = failed[0];
+    assert!(line.contains("no state yet"), "{line}");
+    assert!(
+        line.contains(&format!("error sending request to {base}/workflows: ")),
+        "{line}"
+    );
+    assert!(line.to_lowercase().contains("connection refused"), "{line}");
+    assert!(demo.seen_with(&["<url>"]).is_empty(), "{:#?}", demo.seen);
+    assert!(demo.seen_with(&["last good state"]).is_empty());
+    assert!(demo.seen_with(&[key]).is_empty(), "key leaked");
+    demo.stop_with("TERM");
+}
+
+/// Failing, then answering, then failing and answering again: the first success and the
+/// recovery are one info line each, and the second failure serves the last good state.
+#[test]
+fn a_recovery_is_one_info_line() {
+    use kapso_exporter::clock::Clock;
+    use kapso_exporter::simulator::{ExecStatus, Faults, Simulator};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let key = "sk-cli-recovery-0123456789";
+    let sim = Simulator::empty(key, Clock::system());
+    let wf = sim.add_workflow("Support", "active");
+    sim.start_execution(&wf, None, ExecStatus::Running);
+    let server = rt.block_on(sim.spawn()).unwrap();
+    let failing = || Faults {
+        server_error_rate: 1.0,
+        ..Faults::default()
+    };
+    sim.set_faults(failing());
+    let base = server.base_url.to_string();
+    let mut demo = Demo::spawn(
+        &[
+            "--kapso.base-url",
+            &base,
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--poll.interval",
+            "1s",
+            "--kapso.timeout",
+            "500ms",
+        ],
+        Some(key),
+    );
+    demo.wait_for_line("poll failed; no state yet", Duration::from_secs(30));
+    sim.set_faults(Faults::default());
+    let first = demo.wait_for_line("first poll completed", Duration::from_secs(30));
+    assert!(
+        first.contains("workflows=1") && first.contains("live_executions=1"),
+        "{first}"
+    );
+    sim.set_faults(failing());
+    demo.wait_for_line(
+        "poll failed; serving the last good state",
+        Duration::from_secs(30),
+    );
+    sim.set_faults(Faults::default());
+    let recovered = demo.wait_for_line("polling recovered", Duration::from_secs(30));
+    for part in [
+        "level=info",
+        "workflows=1",
+        "live_executions=1",
+        "requests=",
+        "took=",
+        "failed_polls=",
+    ] {
+        assert!(recovered.contains(part), "{part} not in {recovered}");
+    }
+    assert_eq!(demo.seen_with(&["first poll completed"]).len(), 1);
+    assert_eq!(demo.seen_with(&["polling recovered"]).len(), 1);
+    demo.stop_with("TERM");
+    drop(server);
+}
+
+/// Regenerates the README's picture of the landing page: the demo after its first poll, in
+/// headless chromium at a phone's width (390 px). Run with
+/// `cargo test --test cli -- --ignored regenerate_the_landing_page_screenshot`.
+#[test]
+#[ignore = "writes docs/images/kapso-exporter-landing.png; needs /usr/bin/chromium"]
+fn regenerate_the_landing_page_screenshot() {
+    let mut demo = Demo::spawn(&["--demo", "--web.listen-address", "127.0.0.1:0"], None);
+    demo.wait_for_line("first poll completed", Duration::from_secs(60));
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("docs/images/kapso-exporter-landing.png");
+    let profile = std::env::temp_dir().join(format!("kx-shot-{}", std::process::id()));
+    let out = Command::new("/usr/bin/chromium")
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+            "--force-device-scale-factor=2",
+            "--window-size=390,860",
+            &format!("--user-data-dir={}", profile.display()),
+            &format!("--screenshot={}", path.display()),
+            &format!("http://{}/", demo.addr),
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&profile);
+    assert!(
+        out.status.success() && path.exists(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    demo.stop_with("TERM");
 }

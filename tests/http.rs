@@ -63,7 +63,7 @@ async fn endpoints_answer_as_documented() {
     assert!(
         page.contains("Kapso Exporter")
             && page.contains("href=\"/metrics\"")
-            && page.contains("default: up"),
+            && page.contains("data-project=\"default\" data-state=\"up\""),
         "{page}"
     );
     assert_eq!(call(r, Method::HEAD, "/metrics").await.0, 200);
@@ -324,4 +324,185 @@ async fn a_port_alone_listens_on_ipv4_and_ipv6() {
     }
     running.shutdown().await;
     drop(server);
+}
+
+/// Debian's headless browser.
+const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Runs headless chromium on `url` with `args` (its own profile, no sandbox: CI runs as root);
+/// returns its stdout.
+fn chromium(url: &str, args: &[&str]) -> String {
+    let profile = support::TempDir::new("kx-chromium");
+    let out = std::process::Command::new(CHROMIUM)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-first-run",
+            "--hide-scrollbars",
+            &format!("--user-data-dir={}", profile.0.display()),
+        ])
+        .args(args)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "chromium failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Width and height of a PNG, from its IHDR chunk.
+fn png_size(png: &[u8]) -> (u32, u32) {
+    assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "not a PNG");
+    let word = |at: usize| u32::from_be_bytes(png[at..at + 4].try_into().unwrap());
+    (word(16), word(20))
+}
+
+/// The landing page as a real browser renders it: one card per project in each of its three
+/// states, the version and the links; and a phone-wide (390 px) screenshot.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_landing_page_renders_in_a_headless_browser() {
+    if !support::require(
+        support::has_command(CHROMIUM, &["--version"]),
+        "chromium (Debian's headless browser, /usr/bin/chromium)",
+    ) {
+        return;
+    }
+    let clock = Clock::manual(test_start());
+    let sim = Simulator::empty(KEY, clock.clone());
+    for name in ["Support", "Sales"] {
+        let wf = sim.add_workflow(name, "active");
+        let conv = sim.add_conversation();
+        sim.start_execution(&wf, Some(&conv), ExecStatus::Waiting);
+        sim.start_execution(&wf, None, ExecStatus::Running);
+    }
+    let server = sim.spawn().await.unwrap();
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let dir = support::TempDir::new("kx-landing");
+    let file = dir.write(
+        "config.yml",
+        &format!(
+            "projects:\n  - name: support\n    api_key_env: KAPSO_API_KEY\n    base_url: {}\n    rate_limit: 600\n  - name: sales\n    api_key_env: KAPSO_API_KEY\n    base_url: http://127.0.0.1:{refused}/platform/v1\n  - name: marketing\n    api_key_env: KAPSO_API_KEY\n    base_url: http://127.0.0.1:{refused}/platform/v1\n",
+            server.base_url
+        ),
+    );
+    let config = support::config(&["--config.file", file.to_str().unwrap()]);
+    let mut exporter =
+        kapso_exporter::app::build(&config, clock.clone(), support::test_retry()).unwrap();
+    exporter.pollers[0].poll_once().await.unwrap();
+    exporter.pollers[1].poll_once().await.unwrap_err();
+    clock.advance(Duration::from_secs(75));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let serving = tokio::spawn(axum::serve(listener, exporter.router.clone()).into_future());
+
+    let (dom, png) = tokio::task::spawn_blocking(move || {
+        let dom = chromium(&url, &["--dump-dom"]);
+        let shots = support::TempDir::new("kx-landing-shot");
+        let path = shots.0.join("landing-390.png");
+        chromium(
+            &url,
+            &[
+                "--window-size=390,1600",
+                &format!("--screenshot={}", path.display()),
+            ],
+        );
+        (dom, std::fs::read(&path).unwrap())
+    })
+    .await
+    .unwrap();
+    serving.abort();
+
+    for wanted in [
+        "<title>Kapso Exporter</title>",
+        "name=\"viewport\"",
+        &format!("<span id=\"version\">{}", env!("CARGO_PKG_VERSION")),
+        "<a href=\"/metrics\">Metrics</a>",
+        "<a href=\"/-/healthy\">Health</a>",
+        "<a href=\"/-/ready\">Readiness</a>",
+        "data-project=\"support\" data-state=\"up\"",
+        "data-project=\"sales\" data-state=\"down\"",
+        "data-project=\"marketing\" data-state=\"waiting\"",
+        "<dt>Mode</dt><dd>project</dd>",
+        "<time datetime=\"2026-11-24T12:00:00Z\">2026-11-24T12:00:00Z</time> (1m 15s ago)",
+        "<dt>Workflows</dt><dd>2</dd>",
+        "<dt>Live executions</dt><dd>4</dd>",
+        " of 600 allowed, took ",
+        "down, no state yet",
+        "waiting for the first poll",
+        "dashboards/kapso-workflows.json",
+    ] {
+        assert!(dom.contains(wanted), "{wanted:?} not rendered:\n{dom}");
+    }
+    // The refused project's error names the cause, once, with no placeholder.
+    assert!(dom.to_lowercase().contains("connection refused"), "{dom}");
+    assert!(!dom.contains("&lt;url&gt;") && !dom.contains(KEY), "{dom}");
+    assert!(!dom.contains("<script"), "{dom}");
+    let (width, height) = png_size(&png);
+    assert_eq!((width, height), (390, 1600));
+}
+
+/// A log writer into a shared buffer, for the current thread's subscriber.
+#[derive(Clone, Default)]
+struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    /// The lines logged so far that contain `part`.
+    fn count(&self, part: &str) -> usize {
+        let text = String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned();
+        text.lines().filter(|l| l.contains(part)).count()
+    }
+}
+
+/// A workflow that keeps failing on its own is warned about once while it lasts (at debug
+/// after that), and again when it breaks anew; the first poll is one info line.
+#[tokio::test(flavor = "current_thread")]
+async fn a_lasting_error_of_one_workflow_is_warned_once() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let (mut h, _) = harness().await;
+    let bad = h.sim.add_workflow("Broken", "active");
+    h.sim.fail_workflow_executions(&bad, Some(404));
+    for _ in 0..3 {
+        h.poll().await;
+    }
+    let warned = "keeping the last good state of one part of the project";
+    assert_eq!(logs.count(" WARN "), 1);
+    assert_eq!(logs.count(warned), 3, "1 warning and 2 debug lines");
+    assert_eq!(logs.count("still keeping the last good state"), 2);
+    assert_eq!(logs.count("first poll completed"), 1);
+    h.sim.fail_workflow_executions(&bad, None);
+    h.poll().await;
+    assert_eq!(logs.count(" WARN "), 1);
+    h.sim.fail_workflow_executions(&bad, Some(404));
+    h.poll().await;
+    assert_eq!(logs.count(" WARN "), 2, "broken anew");
+    assert_eq!(
+        logs.count("polling recovered"),
+        0,
+        "no poll failed as a whole"
+    );
 }

@@ -100,9 +100,9 @@ async fn a_panicked_poller_turns_health_and_readiness_to_503() {
     let (code, page) = fetch(&client, &format!("{base}/")).await;
     assert_eq!(code, 200);
     assert!(
-        page.contains("good: up")
-            && page.contains("broken: ")
-            && page.contains("last error: the poller task panicked: "),
+        page.contains("data-project=\"good\" data-state=\"up\"")
+            && page.contains("data-project=\"broken\" data-state=\"down\"")
+            && page.contains("the poller task panicked: "),
         "{page}"
     );
 

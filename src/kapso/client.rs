@@ -388,7 +388,7 @@ impl Client {
                 Err(e) => {
                     drop(permit);
                     self.stats.record(endpoint, "error");
-                    let err = transport_error(endpoint, &e);
+                    let err = transport_error(endpoint, e);
                     if last {
                         return Err(err);
                     }
@@ -777,32 +777,47 @@ async fn read_body(
                 body.extend_from_slice(&chunk);
             }
             Ok(None) => return Ok(body),
-            Err(e) => return Err(transport_error(endpoint, &e)),
+            Err(e) => return Err(transport_error(endpoint, e)),
         }
     }
 }
 
-fn transport_error(endpoint: &'static str, e: &reqwest::Error) -> ApiError {
+/// A request that got no answer, as one line: what failed, where (the URL without its query,
+/// fragment or credentials) and the cause chain down to the operating system's reason
+/// (`Connection refused`, a DNS or TLS failure).
+fn transport_error(endpoint: &'static str, e: reqwest::Error) -> ApiError {
     if e.is_timeout() {
         return ApiError::Timeout { endpoint };
     }
-    // The source chain says why (refused, reset, TLS); the URL is left out on purpose.
-    let mut message = String::new();
-    let mut source: Option<&dyn std::error::Error> = Some(e);
+    let url = e.url().map(shown_url);
+    let e = e.without_url();
+    let mut parts: Vec<String> = Vec::new();
+    let mut source: Option<&dyn std::error::Error> = Some(&e);
     while let Some(err) = source {
         let text = err.to_string();
-        if !message.contains(&text) {
-            if !message.is_empty() {
-                message.push_str(": ");
-            }
-            message.push_str(&text);
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
         }
         source = err.source();
     }
-    if let Some(url) = e.url() {
-        message = message.replace(url.as_str(), "<url>");
+    if let (Some(url), Some(first)) = (url, parts.first_mut()) {
+        first.push_str(" to ");
+        first.push_str(&url);
     }
-    ApiError::Transport { endpoint, message }
+    ApiError::Transport {
+        endpoint,
+        message: parts.join(": "),
+    }
+}
+
+/// `url` as logs may show it: no query, fragment or credentials.
+pub fn shown_url(url: &Url) -> String {
+    let mut url = url.clone();
+    url.set_query(None);
+    url.set_fragment(None);
+    let _ = url.set_username("");
+    let _ = url.set_password(None);
+    url.to_string()
 }
 
 /// `X-RateLimit-Remaining`, if it is a count.
@@ -887,6 +902,52 @@ mod tests {
         ] {
             assert_eq!(coarse_cursor_bound(odd, None), None, "{odd}");
         }
+    }
+
+    /// A refused connection says so, with the URL and without a placeholder or the query.
+    #[tokio::test]
+    async fn a_refused_connection_names_the_cause_and_the_url() {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr").port()
+        };
+        let base =
+            Url::parse(&format!("http://user:pw@127.0.0.1:{port}/platform/v1")).expect("url");
+        let client = Client::new(
+            base,
+            ApiKey::new("sk-secret"),
+            600,
+            Duration::from_secs(5),
+            RetryPolicy {
+                attempts: 1,
+                ..RetryPolicy::default()
+            },
+        )
+        .expect("client");
+        let err = client
+            .list_workflow_executions(
+                "wf-1",
+                ExecutionFilter {
+                    status: Some(ExecutionStatus::Waiting),
+                    created_after: None,
+                },
+                1,
+            )
+            .await
+            .expect_err("nothing listens");
+        let text = err.to_string();
+        assert_eq!(err.kind(), "transport", "{text}");
+        assert!(text.to_lowercase().contains("connection refused"), "{text}");
+        assert!(
+            text.contains(&format!(
+                "error sending request to http://127.0.0.1:{port}/platform/v1/workflows/wf-1/executions: "
+            )),
+            "{text}"
+        );
+        for hidden in ["<url>", "?", "status=", "user", "pw@", "sk-secret"] {
+            assert!(!text.contains(hidden), "{hidden} in {text}");
+        }
+        assert_eq!(text.lines().count(), 1, "{text}");
     }
 
     #[test]

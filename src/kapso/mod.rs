@@ -6,7 +6,7 @@ pub mod limiter;
 pub mod models;
 
 pub use client::{
-    ApiKey, ApiStats, Client, ExecutionFilter, ExecutionPages, RetryPolicy, endpoint,
+    ApiKey, ApiStats, Client, ExecutionFilter, ExecutionPages, RetryPolicy, endpoint, shown_url,
 };
 pub use error::ApiError;
 pub use models::{Execution, ExecutionStatus, Workflow};

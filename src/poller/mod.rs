@@ -88,6 +88,28 @@ pub struct Poller {
     storage: Option<Store>,
     /// The webhook dedupe window, saved with the tracker.
     deliveries: Option<Arc<Mutex<Dedupe>>>,
+    /// Requests one poll may spend (see [`budget_per_poll`]).
+    budget: u64,
+    /// What the log has told so far, so that it tells each change once.
+    told: Told,
+}
+
+/// What a poller's log lines have said: the first success, a run of failures, the last error,
+/// and whether polls are over the budget.
+#[derive(Debug, Default)]
+struct Told {
+    succeeded: bool,
+    failures_in_a_row: u64,
+    last_error: Option<String>,
+    over_budget: bool,
+    /// The errors of parts of the project (one workflow or conversation) at the last poll.
+    scoped_errors: BTreeSet<String>,
+}
+
+/// The requests one poll may spend: the key's budget per minute over one poll interval.
+pub fn budget_per_poll(rate_limit: u32, interval: Duration) -> u64 {
+    let per_poll = u128::from(rate_limit) * interval.as_millis() / 60_000;
+    u64::try_from(per_poll).unwrap_or(u64::MAX)
 }
 
 impl Poller {
@@ -110,6 +132,8 @@ impl Poller {
             max_steps: 0,
             storage: None,
             deliveries: None,
+            budget: budget_per_poll(project.rate_limit, project.poll_interval),
+            told: Told::default(),
         }
     }
 
@@ -245,14 +269,12 @@ impl Poller {
         };
         let took = started.elapsed();
         let requests = self.client.stats().total() - requests_before;
-        for line in &outcome.scoped_errors {
-            tracing::warn!(project = %self.name, error = %line, "keeping the last good state of one part of the project");
-        }
+        self.tell_scoped(&outcome.scoped_errors);
         let snapshot = outcome
             .committed
             .then(|| lock(&self.tracker).snapshot(self.max_conversations));
         let mut st = state::write(&self.state);
-        match (outcome.error, snapshot) {
+        let result = match (outcome.error, snapshot) {
             (None, snapshot) => {
                 let snapshot = snapshot.unwrap_or_else(|| (*st.snapshot).clone());
                 st.record_success(snapshot, self.clock.now(), took, requests);
@@ -262,22 +284,94 @@ impl Poller {
                         outcome.scoped_errors.len()
                     ));
                 }
-                tracing::debug!(project = %self.name, took = ?took, requests, "poll completed");
-                Ok(())
+                Ok(st.snapshot.clone())
             }
             (Some(e), snapshot) => {
                 match snapshot {
                     Some(s) => st.record_partial(s, e.kind(), e.to_string(), took, requests),
                     None => st.record_failure(e.kind(), e.to_string(), took, requests),
                 }
-                if matches!(e, ApiError::Unauthorized { .. }) {
-                    tracing::error!(project = %self.name, error = %e, "Kapso rejected the API key; polling stops until the next interval");
-                } else {
-                    tracing::warn!(project = %self.name, error = %e, "poll failed; serving the last good state");
-                }
+                Err((e, st.ready || st.last_success.is_some()))
+            }
+        };
+        drop(st);
+        match result {
+            Ok(snapshot) => {
+                self.tell_success(&snapshot, took, requests);
+                // A failed poll's count is partial and includes its retries: not a measure.
+                self.tell_budget(requests);
+                Ok(())
+            }
+            Err((e, has_state)) => {
+                self.tell_failure(&e, has_state);
                 Err(e)
             }
         }
+    }
+
+    /// The first success and every recovery at info, one line each; the rest at debug.
+    fn tell_success(&mut self, snapshot: &state::Snapshot, took: Duration, requests: u64) {
+        let workflows = snapshot.workflows.len();
+        let live: u64 = snapshot.live.values().map(|b| b.count).sum();
+        let took = humantime::format_duration(Duration::from_millis(
+            u64::try_from(took.as_millis()).unwrap_or(u64::MAX),
+        ));
+        let failed = self.told.failures_in_a_row;
+        if !self.told.succeeded {
+            tracing::info!(project = %self.name, workflows, live_executions = live, requests, took = %took, "first poll completed");
+        } else if failed > 0 {
+            tracing::info!(project = %self.name, workflows, live_executions = live, requests, took = %took, failed_polls = failed, "polling recovered");
+        } else {
+            tracing::debug!(project = %self.name, workflows, live_executions = live, requests, took = %took, "poll completed");
+        }
+        self.told.succeeded = true;
+        self.told.failures_in_a_row = 0;
+        self.told.last_error = None;
+    }
+
+    /// A failed poll, once per distinct error: the same error again is logged at debug.
+    fn tell_failure(&mut self, e: &ApiError, has_state: bool) {
+        self.told.failures_in_a_row += 1;
+        let serving = if has_state {
+            "serving the last good state"
+        } else {
+            "no state yet"
+        };
+        let message = e.to_string();
+        if self.told.last_error.as_deref() == Some(message.as_str()) {
+            tracing::debug!(project = %self.name, error = %message, failed_polls = self.told.failures_in_a_row, "poll failed again; {serving}");
+            return;
+        }
+        if matches!(e, ApiError::Unauthorized { .. }) {
+            tracing::error!(project = %self.name, error = %message, "Kapso rejected the API key; {serving}; polling stops until the next interval");
+        } else {
+            tracing::warn!(project = %self.name, error = %message, "poll failed; {serving}");
+        }
+        self.told.last_error = Some(message);
+    }
+
+    /// The errors of parts of the project, each once while it lasts (again at debug).
+    fn tell_scoped(&mut self, lines: &[String]) {
+        for line in lines {
+            if self.told.scoped_errors.contains(line) {
+                tracing::debug!(project = %self.name, error = %line, "still keeping the last good state of one part of the project");
+            } else {
+                tracing::warn!(project = %self.name, error = %line, "keeping the last good state of one part of the project");
+            }
+        }
+        self.told.scoped_errors = lines.iter().cloned().collect();
+    }
+
+    /// Says once that completed polls need more requests than the budget allows per interval,
+    /// and once that they are back within it.
+    fn tell_budget(&mut self, requests: u64) {
+        let over = requests > self.budget;
+        if over && !self.told.over_budget {
+            tracing::warn!(project = %self.name, requests, budget = self.budget, interval = %humantime::format_duration(self.interval), "a poll needed more requests than the budget allows per interval (rate limit over one interval); later polls wait for the rate limiter: raise --poll.interval or --kapso.rate-limit");
+        } else if !over && self.told.over_budget {
+            tracing::info!(project = %self.name, requests, budget = self.budget, "polls are back within the budget");
+        }
+        self.told.over_budget = over;
     }
 
     async fn poll_project(&mut self) -> Outcome {
@@ -532,6 +626,15 @@ async fn read_conversation(
         resolved,
         gone,
     })
+}
+
+/// What `p`'s poller reads, as the start line and the landing page name it.
+pub fn mode_label(p: &ProjectConfig, demo: bool) -> &'static str {
+    match (&p.mode, demo) {
+        (_, true) => "demo",
+        (Mode::Project, false) => "project",
+        (Mode::Conversations { .. }, false) => "conversations",
+    }
 }
 
 /// Shares one poller handle name for logs.
