@@ -7,6 +7,7 @@
 mod counting_support;
 mod support;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -583,7 +584,7 @@ async fn conversation_mode_merges_events_of_watched_conversations_only() {
 // ----- the simulator's own deliveries, with Kapso's faults ----------------------------------
 
 use kapso_exporter::simulator::{
-    EVENT_FAILED, EVENT_HANDOFF, SimulatorConfig, Variance, WebhookFaults,
+    EVENT_FAILED, EVENT_HANDOFF, SimulatorConfig, StepTruth, Variance, WebhookFaults,
 };
 
 /// Totals over every workflow: (started, ended, failed, handoffs).
@@ -599,6 +600,21 @@ fn totals_shown(s: &Samples, truth: &kapso_exporter::simulator::GroundTruth) -> 
         }
     }
     t
+}
+
+/// Failures by step as `/metrics` shows them (the simulator's step labels).
+fn step_failures_shown(s: &Samples) -> BTreeMap<StepTruth, u64> {
+    support::series(s, "kapso_workflow_step_failures_total")
+        .map(|(l, v)| {
+            let step = StepTruth {
+                workflow_id: l["workflow_id"].clone(),
+                step: l["step"].clone(),
+                step_type: l["step_type"].clone(),
+            };
+            (step, v as u64)
+        })
+        .filter(|(_, n)| *n > 0)
+        .collect()
 }
 
 fn totals_true(truth: &kapso_exporter::simulator::GroundTruth) -> [u64; 4] {
@@ -692,6 +708,12 @@ async fn simulator_deliveries(faults: WebhookFaults, seed: u64, extra: &[&str]) 
             );
         }
         last = shown;
+        // A webhook counts a failure at once; its step is counted by the poll that reads the
+        // failed row, never at a step the execution did not fail at.
+        for (step, n) in step_failures_shown(&samples(&h).await) {
+            let want = truth.step_failures.get(&step).copied().unwrap_or(0);
+            assert!(n <= want, "round {round}: {step:?} {n} > {want}");
+        }
     }
     // Rest: every retry, duplicate and late delivery delivered, the pending outcomes read.
     for _ in 0..20 {
@@ -719,6 +741,11 @@ async fn simulator_deliveries(faults: WebhookFaults, seed: u64, extra: &[&str]) 
         assert!((0..4).all(|i| shown[i] <= want[i]), "{shown:?} vs {want:?}");
     } else {
         assert_eq!(shown[..3], want[..3], "started, ended, failed at rest");
+        assert_eq!(
+            step_failures_shown(&samples(&h).await),
+            truth.step_failures,
+            "failures by step at rest"
+        );
     }
     if lossy || partial {
         assert!(shown[3] <= want[3]);
