@@ -35,26 +35,34 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let config = match Config::load(&cli, &|name| std::env::var(name).ok()) {
+    let config = match Config::load_all(&cli, &|name| std::env::var(name).ok()) {
         Ok(config) => config,
-        Err(e) => {
-            eprintln!("kapso-exporter: {e}");
+        Err(problems) if cli.config_check => {
+            // Every problem, then how many.
+            for e in &problems {
+                eprintln!("kapso-exporter: {e}");
+            }
+            let n = problems.len();
+            let s = if n == 1 { "" } else { "s" };
+            eprintln!("kapso-exporter: {n} problem{s} in the configuration");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+        Err(problems) => {
+            let more = match problems.len().saturating_sub(1) {
+                0 => String::new(),
+                n => format!(" (and {n} more: see --config.check)"),
+            };
+            let first = problems
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            eprintln!("kapso-exporter: {first}{more}");
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if cli.config_check {
-        for p in &config.projects {
-            println!("{}", kapso_exporter::poller::describe(p));
-        }
-        if let Some(w) = &config.webhook {
-            println!(
-                "webhooks on {} ({}), POST /webhooks/kapso",
-                w.address,
-                w.web.describe()
-            );
-        }
-        if let Some(dir) = &config.storage_path {
-            println!("counting state saved in {}", dir.display());
+        for line in config.summary() {
+            println!("{line}");
         }
         println!("configuration OK");
         return ExitCode::SUCCESS;

@@ -509,7 +509,11 @@ fn config_file() -> impl Strategy<Value = String> {
         section(&["listen_address", "telemetry_path"]),
         section(&["level", "format"]),
         section(&["interval"]),
-        section(&["max_conversations", "max_steps_per_workflow", "stall_thresholds"]),
+        section(&[
+            "max_conversations",
+            "max_steps_per_workflow",
+            "stall_thresholds",
+        ]),
         section(PROJECT_KEYS),
         prop::collection::vec(section(PROJECT_KEYS), 0..3),
         prop::sample::subsequence(
@@ -546,6 +550,14 @@ fn check_config_result(result: Result<Config, String>) -> Result<(), TestCaseErr
             prop_assert!(!e.is_empty());
             prop_assert!(!e.contains('\n'), "a multi-line error: {e:?}");
             prop_assert!(!e.contains(SECRET), "the key in an error: {e}");
+            // Said in the file's terms, never the program's types.
+            let rust_type = e.contains("struct ")
+                || e.match_indices("File")
+                    .any(|(i, _)| e[i + 4..].starts_with(|c: char| c.is_ascii_uppercase()))
+                || ["u32", "usize", "u64", "i64", "Option<", "Vec<", "PathBuf"]
+                    .iter()
+                    .any(|t| e.contains(t));
+            prop_assert!(!rust_type, "a Rust type name in an error: {e}");
         }
     }
     Ok(())
