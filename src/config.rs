@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use url::Url;
 
-pub use cli::{Cli, LogFormat, LogLevel, Rejected};
+pub use cli::{Cli, LogFormat, LogLevel, Rejected, usage_error_line};
 pub use error::{ConfigError, Origin};
 pub use summary::human_duration;
 

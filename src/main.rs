@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kapso_exporter::config::{Cli, Config};
+use kapso_exporter::config::{self, Cli, Config};
 use kapso_exporter::{app, logging};
 
 /// mimalloc returns freed memory to the system promptly; with glibc's allocator the large
@@ -28,10 +28,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid command line");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("kapso-exporter: {first} (see --help)");
+            eprintln!("kapso-exporter: {}", config::usage_error_line(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };

@@ -145,6 +145,21 @@ pub struct Cli {
     pub demo_variance: Option<String>,
 }
 
+/// A usage error of clap in one line: its message and tips, without the usage block.
+pub fn usage_error_line(e: &clap::Error) -> String {
+    let text = e.to_string();
+    let parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with("Usage:") && !l.starts_with("For more information")
+        })
+        .collect();
+    let line = parts.join("; ");
+    let line = line.strip_prefix("error: ").unwrap_or(&line);
+    format!("{line} (see --help)")
+}
+
 /// `--log.level`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogLevel {
@@ -249,6 +264,19 @@ mod tests {
             let e = parse(args).expect_err("invalid").to_string();
             assert!(e.contains(flag), "{args:?}: {e}");
         }
+    }
+
+    #[test]
+    fn usage_errors_are_one_line_with_their_hints() {
+        let e = parse(&["--log.level", "loud"]).expect_err("invalid");
+        assert_eq!(
+            usage_error_line(&e),
+            "invalid value 'loud' for '--log.level <LEVEL>'; [possible values: error, warn, info, debug, trace] (see --help)"
+        );
+        let e = parse(&["--dem"]).expect_err("invalid");
+        let line = usage_error_line(&e);
+        assert!(line.contains("'--dem'") && line.contains("tip:"), "{line}");
+        assert!(!line.contains('\n'), "{line}");
     }
 
     #[test]
