@@ -266,7 +266,7 @@ fn help_flags(help: &str) -> Vec<Flag> {
     let mut flags: Vec<Flag> = Vec::new();
     let mut group = String::new();
     let mut text = String::new();
-    let mut finish = |flags: &mut Vec<Flag>, text: &mut String| {
+    let finish = |flags: &mut Vec<Flag>, text: &mut String| {
         if let Some(last) = flags.last_mut() {
             last.env = bracketed(text, "[env: ");
             last.default = bracketed(text, "[default: ");
