@@ -535,3 +535,37 @@ fn a_key_no_header_can_carry_is_a_configuration_error() {
         "the key is not shown: {e}"
     );
 }
+
+#[test]
+fn secrets_named_in_the_file_are_blamed_on_their_key() {
+    let dir = TempDir::new("secret-origin");
+    let path = dir.write(
+        "config.yml",
+        "projects:\n  - name: a\n    api_key_env: NOT_SET\n  - name: b\n    api_key_file: missing.key\n",
+    );
+    let all = Config::load_all(&cli(&["--config.file", &path]), &no_env).expect_err("bad");
+    let texts: Vec<String> = all.iter().map(ToString::to_string).collect();
+    assert_eq!(all.len(), 2, "{texts:#?}");
+    assert!(
+        texts[0].starts_with(&format!(
+            "{path}:3: projects[0].api_key_env: environment variable NOT_SET is not set or empty"
+        )),
+        "{texts:#?}"
+    );
+    assert!(
+        texts[1].starts_with(&format!(
+            "{path}:5: projects[1].api_key_file: cannot read API key file "
+        )),
+        "{texts:#?}"
+    );
+    // A blank KAPSO_WEBHOOK_SECRET is no secret.
+    let env = |name: &str| match name {
+        "KAPSO_API_KEY" => Some("sk".to_owned()),
+        "KAPSO_WEBHOOK_SECRET" => Some("  \n".to_owned()),
+        _ => None,
+    };
+    let e = Config::load(&cli(&["--webhook.listen-address", "127.0.0.1:9854"]), &env)
+        .expect_err("no secret");
+    assert_eq!(e.origin(), Some(&Origin::Flag("--webhook.listen-address")));
+    assert!(e.to_string().contains("no webhook secret"), "{e}");
+}
