@@ -262,6 +262,8 @@ struct ProjectInput {
     discover: Option<Sourced<Duration>>,
     webhook_secret_file: Option<Sourced<PathBuf>>,
     webhook_secret_env: Option<Sourced<String>>,
+    /// Where the project is declared (`projects[i]` of the file), for problems of no one key.
+    place: Option<Origin>,
 }
 
 impl ProjectInput {
@@ -280,6 +282,7 @@ impl ProjectInput {
             discover: self.discover.or(f.discover),
             webhook_secret_file: self.webhook_secret_file.or(f.webhook_secret_file),
             webhook_secret_env: self.webhook_secret_env.or(f.webhook_secret_env),
+            place: self.place.or(f.place),
         }
     }
 }
@@ -439,6 +442,7 @@ impl Merge<'_> {
             discover: flag(cli.discover_conversations, "--kapso.discover-conversations"),
             webhook_secret_file: flag(cli.webhook_secret_file.clone(), "--webhook.secret-file"),
             webhook_secret_env: None,
+            place: None,
         }
     }
 
@@ -469,6 +473,7 @@ impl Merge<'_> {
                 .file_path(p.webhook_secret_file.as_ref(), &key("webhook_secret_file")),
             webhook_secret_env: self
                 .file_text(p.webhook_secret_env.as_ref(), &key("webhook_secret_env")),
+            place: prefix.starts_with("projects[").then(|| self.at(prefix)),
         }
     }
 
@@ -670,7 +675,8 @@ impl Merge<'_> {
                 return None;
             }
             None => {
-                self.problems.push(ConfigError::general(
+                self.problems.push(ConfigError::at(
+                    p.place.as_ref(),
                     "no Kapso API key: set api_key_file or api_key_env for the project (or kapso.api_key_file for all), or --kapso.api-key-file",
                 ));
                 return None;

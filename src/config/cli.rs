@@ -37,6 +37,7 @@ pub struct Cli {
         hide = true,
         num_args = 0..=1,
         default_missing_value = "",
+        allow_hyphen_values = true,
         value_parser = reject_value
     )]
     pub api_key: Option<Rejected>,
@@ -285,6 +286,7 @@ mod tests {
             &["--kapso.api-key", "sk-secret"][..],
             &["--kapso.api-key=sk-secret"][..],
             &["--kapso.api-key"][..],
+            &["--kapso.api-key", "-sk-secret"][..],
         ] {
             let cli = parse(args).expect("parsed, refused later");
             assert_eq!(cli.api_key, Some(Rejected));
