@@ -205,12 +205,26 @@ impl Config {
         cli: &Cli,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<Config, Vec<ConfigError>> {
+        let check = Config::check(cli, env);
+        match check.config {
+            Some(config) if check.problems.is_empty() => Ok(config),
+            _ => Err(check.problems),
+        }
+    }
+
+    /// What `--config.check` reports: every problem, and the effective settings of what is
+    /// valid.
+    pub fn check(cli: &Cli, env: &dyn Fn(&str) -> Option<String>) -> Check {
         if cli.api_key.is_some() {
             // The value was dropped when parsed; only the hint is said.
-            return Err(vec![ConfigError::new(
-                Origin::Flag("--kapso.api-key"),
-                "a key is not accepted as a flag value (it would show in the process list and the shell history): set the KAPSO_API_KEY environment variable or use --kapso.api-key-file PATH",
-            )]);
+            return Check {
+                config: None,
+                problems: vec![ConfigError::new(
+                    Origin::Flag("--kapso.api-key"),
+                    "a key is not accepted as a flag value (it would show in the process list and the shell history): set the KAPSO_API_KEY environment variable or use --kapso.api-key-file PATH",
+                )],
+                settings: Vec::new(),
+            };
         }
         let mut merge = Merge {
             cli,
@@ -225,18 +239,29 @@ impl Config {
                 Err(e) => merge.problems.push(e),
             }
         }
-        let config = merge.config();
-        match config {
-            Some(config) if merge.problems.is_empty() => Ok(config),
-            _ => {
-                let mut all = merge.problems.into_vec();
-                if all.is_empty() {
-                    all.push(ConfigError::general("invalid configuration"));
-                }
-                Err(all)
-            }
+        let (config, settings) = merge.config();
+        let mut problems = merge.problems.into_vec();
+        if config.is_none() && problems.is_empty() {
+            problems.push(ConfigError::general("invalid configuration"));
+        }
+        Check {
+            config: config.filter(|_| problems.is_empty()),
+            problems,
+            settings,
         }
     }
+}
+
+/// The result of [`Config::check`].
+#[derive(Debug)]
+pub struct Check {
+    /// The configuration, when there is no problem.
+    pub config: Option<Config>,
+    /// Every problem found, in the order found.
+    pub problems: Vec<ConfigError>,
+    /// The effective settings, one line each; a setting with a problem is left out (with
+    /// problems in projects, only the valid projects are listed).
+    pub settings: Vec<String>,
 }
 
 /// The merge in progress: the inputs and the problems found so far.
@@ -296,7 +321,9 @@ struct SecretSpec<'a> {
 }
 
 impl Merge<'_> {
-    fn config(&mut self) -> Option<Config> {
+    /// The configuration if every setting is valid, and the effective settings of those that
+    /// are, in words.
+    fn config(&mut self) -> (Option<Config>, Vec<String>) {
         let demo_variance = self.demo_variance();
         let poll_interval = self.poll_interval();
         let projects = self.projects(poll_interval);
@@ -313,27 +340,44 @@ impl Merge<'_> {
             .unwrap_or(DEFAULT_MAX_CONVERSATIONS);
         let max_steps_per_workflow = self.max_steps_per_workflow();
         let stall_thresholds = self.stall_thresholds();
-        let webhook = self.webhook(listen.clone(), projects.as_deref().unwrap_or_default());
+        let webhook = self.webhook(listen.clone(), &projects);
         let storage_path = self.storage_path();
-        Some(Config {
-            projects: projects?,
-            listen_address: listen?.value,
-            telemetry_path: telemetry_path?,
-            web: web?,
-            web_limits: WebLimits {
-                max_connections: max_connections?,
-                ..WebLimits::default()
-            },
-            log_level: log_level.level(),
-            log_format,
+        let settings = summary::lines(&summary::Parts {
+            projects: &projects,
+            listen_address: listen.as_ref().map(|l| l.value),
+            telemetry_path: telemetry_path.as_deref(),
+            web: web.as_ref(),
+            max_connections,
+            webhook: webhook.as_ref(),
+            storage_path: storage_path.as_ref(),
             max_conversations,
-            max_steps_per_workflow: max_steps_per_workflow?,
-            stall_thresholds: stall_thresholds?,
-            demo: self.cli.demo,
-            demo_variance: demo_variance?,
-            webhook: webhook?,
-            storage_path: storage_path?,
-        })
+            max_steps_per_workflow,
+            stall_thresholds: stall_thresholds.as_deref(),
+            log_level: log_level.map(LogLevel::level),
+            log_format,
+        });
+        let config = (|| {
+            Some(Config {
+                projects,
+                listen_address: listen?.value,
+                telemetry_path: telemetry_path?,
+                web: web?,
+                web_limits: WebLimits {
+                    max_connections: max_connections?,
+                    ..WebLimits::default()
+                },
+                log_level: log_level?.level(),
+                log_format: log_format?,
+                max_conversations,
+                max_steps_per_workflow: max_steps_per_workflow?,
+                stall_thresholds: stall_thresholds?,
+                demo: self.cli.demo,
+                demo_variance: demo_variance?,
+                webhook: webhook?,
+                storage_path: storage_path?,
+            })
+        })();
+        (config, settings)
     }
 
     fn at(&self, key: &str) -> Origin {
@@ -477,7 +521,8 @@ impl Merge<'_> {
         }
     }
 
-    fn projects(&mut self, interval: Interval) -> Option<Vec<ProjectConfig>> {
+    /// The projects that are valid (a problem of the others is kept).
+    fn projects(&mut self, interval: Interval) -> Vec<ProjectConfig> {
         let kapso = std::mem::take(&mut self.file.kapso);
         let file_defaults = self.file_project(&kapso, "kapso");
         let defaults = self.cli_project().or(&file_defaults);
@@ -489,7 +534,7 @@ impl Merge<'_> {
             let key = self.env_secret("KAPSO_API_KEY");
             let secret = self.env_secret("KAPSO_WEBHOOK_SECRET");
             let p = self.project(defaults, DEFAULT_PROJECT, &interval, key, secret);
-            return Some(vec![p?]);
+            return p.into_iter().collect();
         }
         if !self.cli.conversation_ids.is_empty() || self.cli.conversations_file.is_some() {
             let origin = if self.cli.conversation_ids.is_empty() {
@@ -503,13 +548,12 @@ impl Merge<'_> {
             ));
         }
         let single = file_projects.len() == 1;
-        let mut projects = Some(Vec::new());
+        let mut projects = Vec::new();
         let mut names = std::collections::HashSet::new();
         for (i, p) in file_projects.iter().enumerate() {
             let prefix = format!("projects[{i}]");
             let input = self.file_project(p, &prefix).or(&defaults);
             let Some(name) = self.project_name(p.name.as_deref(), &prefix) else {
-                projects = None;
                 continue;
             };
             if !names.insert(name.clone()) {
@@ -523,11 +567,7 @@ impl Merge<'_> {
             } else {
                 (None, None)
             };
-            let built = self.project(input, &name, &interval, key, secret);
-            match (&mut projects, built) {
-                (Some(all), Some(p)) => all.push(p),
-                _ => projects = None,
-            }
+            projects.extend(self.project(input, &name, &interval, key, secret));
         }
         projects
     }
@@ -538,7 +578,7 @@ impl Merge<'_> {
         defaults: &ProjectInput,
         file_projects: &[FileProject],
         interval: &Interval,
-    ) -> Option<Vec<ProjectConfig>> {
+    ) -> Vec<ProjectConfig> {
         let mut given: Vec<Origin> = defaults.base_url.iter().map(|b| b.origin.clone()).collect();
         for (i, p) in file_projects.iter().enumerate() {
             if p.base_url.is_some() {
@@ -551,8 +591,8 @@ impl Merge<'_> {
                 "a base URL cannot be combined with --demo, which talks to its embedded simulator; drop one of them",
             ));
         }
-        let p = self.project(defaults.clone(), DEFAULT_PROJECT, interval, None, None)?;
-        Some(vec![p])
+        let p = self.project(defaults.clone(), DEFAULT_PROJECT, interval, None, None);
+        p.into_iter().collect()
     }
 
     fn project_name(&mut self, name: Option<&str>, prefix: &str) -> Option<String> {
@@ -980,27 +1020,30 @@ impl Merge<'_> {
         }
     }
 
-    fn log_level(&mut self) -> LogLevel {
+    fn log_level(&mut self) -> Option<LogLevel> {
         let file = self.file.log.level.clone();
-        self.log_enum(self.cli.log_level, file, "log.level")
-            .unwrap_or(LogLevel::Info)
+        self.log_enum(self.cli.log_level, file, "log.level", LogLevel::Info)
     }
 
-    fn log_format(&mut self) -> LogFormat {
+    fn log_format(&mut self) -> Option<LogFormat> {
         let file = self.file.log.format.clone();
-        self.log_enum(self.cli.log_format, file, "log.format")
-            .unwrap_or(LogFormat::Logfmt)
+        self.log_enum(self.cli.log_format, file, "log.format", LogFormat::Logfmt)
     }
 
-    /// A flag's value, else the file's (one of the enum's names), else `None`.
+    /// A flag's value, else the file's (one of the enum's names), else `default`; `None` after
+    /// a problem.
     fn log_enum<E: clap::ValueEnum + Copy>(
         &mut self,
         flag: Option<E>,
         file: Option<String>,
         key: &str,
+        default: E,
     ) -> Option<E> {
         if flag.is_some() {
             return flag;
+        }
+        if file.is_none() {
+            return Some(default);
         }
         self.file_value(file.as_ref(), key, |v| {
             E::from_str(v.trim(), false).map_err(|_| {

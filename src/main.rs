@@ -32,18 +32,11 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    if cli.config_check {
+        return check(&cli);
+    }
     let config = match Config::load_all(&cli, &|name| std::env::var(name).ok()) {
         Ok(config) => config,
-        Err(problems) if cli.config_check => {
-            // Every problem, then how many.
-            for e in &problems {
-                eprintln!("kapso-exporter: {e}");
-            }
-            let n = problems.len();
-            let s = if n == 1 { "" } else { "s" };
-            eprintln!("kapso-exporter: {n} problem{s} in the configuration");
-            return ExitCode::from(EXIT_CONFIG);
-        }
         Err(problems) => {
             let more = match problems.len().saturating_sub(1) {
                 0 => String::new(),
@@ -57,13 +50,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    if cli.config_check {
-        for line in config.summary() {
-            println!("{line}");
-        }
-        println!("configuration OK");
-        return ExitCode::SUCCESS;
-    }
     logging::init(config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -81,6 +67,29 @@ fn main() -> ExitCode {
             // Once, in the log's format (the log goes to stderr).
             tracing::error!("{e:#}");
             ExitCode::from(EXIT_START)
+        }
+    }
+}
+
+/// `--config.check`: every problem and their count on stderr, the effective settings (of what
+/// is valid) on stdout; exit 0 only without a problem.
+fn check(cli: &Cli) -> ExitCode {
+    let check = Config::check(cli, &|name| std::env::var(name).ok());
+    for e in &check.problems {
+        eprintln!("kapso-exporter: {e}");
+    }
+    for line in &check.settings {
+        println!("{line}");
+    }
+    match check.problems.len() {
+        0 => {
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        n => {
+            let s = if n == 1 { "" } else { "s" };
+            eprintln!("kapso-exporter: {n} problem{s} in the configuration");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

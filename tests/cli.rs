@@ -140,7 +140,13 @@ fn config_check_lists_every_problem_then_their_count() {
     ];
     let out = run(&args, Some("k"));
     assert_eq!(out.status.code(), Some(64));
-    assert!(out.stdout.is_empty());
+    // The effective settings of what is valid: the series caps, not the project (its
+    // interval and budget are bad), the listener (its connection limit) or the log settings.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "series: at most 10000 conversations and 50 steps per workflow; stall thresholds 1m, 5m, 15m, 1h, 4h, 1 day\n"
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     let lines: Vec<&str> = stderr.lines().collect();
     assert_eq!(

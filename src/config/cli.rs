@@ -135,7 +135,7 @@ pub struct Cli {
         help_heading = "Configuration"
     )]
     pub config_file: Option<PathBuf>,
-    /// Validate the configuration, print every problem or a summary of the effective settings, and exit
+    /// Validate the configuration: print every problem found (on stderr) and the effective settings (on stdout), and exit
     #[arg(long = "config.check", help_heading = "Configuration")]
     pub config_check: bool,
     /// Run against the embedded Kapso API simulator instead of the real API (no key; not with --kapso.base-url)

@@ -1,9 +1,12 @@
 //! What `--config.check` prints of a valid configuration: the effective settings, one line
 //! each, in words (never a key or a secret).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use super::{Config, LogFormat, Mode, ProjectConfig, Target};
+use super::{Config, LogFormat, Mode, ProjectConfig, Target, WebhookListener};
+use crate::web_config::WebConfig;
 
 /// `7 days`, `1 day 2h`, `1h 30m`, `15s`, `500ms`: days in words, the rest as humantime
 /// abbreviations.
@@ -40,48 +43,84 @@ fn count_usize(n: usize, one: &str, many: &str) -> String {
     count(u64::try_from(n).unwrap_or(u64::MAX), one, many)
 }
 
+/// The settings a summary is made of; `None`: the setting has a problem (left out).
+pub(super) struct Parts<'a> {
+    pub projects: &'a [ProjectConfig],
+    pub listen_address: Option<SocketAddr>,
+    pub telemetry_path: Option<&'a str>,
+    pub web: Option<&'a WebConfig>,
+    pub max_connections: Option<usize>,
+    pub webhook: Option<&'a Option<WebhookListener>>,
+    pub storage_path: Option<&'a Option<PathBuf>>,
+    pub max_conversations: usize,
+    pub max_steps_per_workflow: Option<usize>,
+    pub stall_thresholds: Option<&'a [Duration]>,
+    pub log_level: Option<tracing::Level>,
+    pub log_format: Option<LogFormat>,
+}
+
 impl Config {
     /// The effective settings, one line each.
     pub fn summary(&self) -> Vec<String> {
-        let mut lines: Vec<String> = self.projects.iter().map(project_line).collect();
+        lines(&Parts {
+            projects: &self.projects,
+            listen_address: Some(self.listen_address),
+            telemetry_path: Some(&self.telemetry_path),
+            web: Some(&self.web),
+            max_connections: Some(self.web_limits.max_connections),
+            webhook: Some(&self.webhook),
+            storage_path: Some(&self.storage_path),
+            max_conversations: self.max_conversations,
+            max_steps_per_workflow: Some(self.max_steps_per_workflow),
+            stall_thresholds: Some(&self.stall_thresholds),
+            log_level: Some(self.log_level),
+            log_format: Some(self.log_format),
+        })
+    }
+}
+
+/// The summary's lines.
+pub(super) fn lines(p: &Parts<'_>) -> Vec<String> {
+    let mut lines: Vec<String> = p.projects.iter().map(project_line).collect();
+    if let (Some(address), Some(path), Some(web), Some(n)) =
+        (p.listen_address, p.telemetry_path, p.web, p.max_connections)
+    {
         lines.push(format!(
-            "metrics on {}{} ({}), at most {} at once",
-            self.listen_address,
-            self.telemetry_path,
-            self.web.describe(),
-            count_usize(self.web_limits.max_connections, "connection", "connections")
+            "metrics on {address}{path} ({}), at most {} at once",
+            web.describe(),
+            count_usize(n, "connection", "connections")
         ));
-        if let Some(w) = &self.webhook {
-            lines.push(format!(
-                "webhooks on {} ({}), POST /webhooks/kapso",
-                w.address,
-                w.web.describe()
-            ));
-        }
-        if let Some(dir) = &self.storage_path {
-            lines.push(format!("counting state saved in {}", dir.display()));
-        }
-        let thresholds: Vec<String> = self
-            .stall_thresholds
-            .iter()
-            .map(|d| human_duration(*d))
-            .collect();
+    }
+    if let Some(Some(w)) = p.webhook {
+        lines.push(format!(
+            "webhooks on {} ({}), POST /webhooks/kapso",
+            w.address,
+            w.web.describe()
+        ));
+    }
+    if let Some(Some(dir)) = p.storage_path {
+        lines.push(format!("counting state saved in {}", dir.display()));
+    }
+    if let (Some(steps), Some(thresholds)) = (p.max_steps_per_workflow, p.stall_thresholds) {
+        let thresholds: Vec<String> = thresholds.iter().map(|d| human_duration(*d)).collect();
         lines.push(format!(
             "series: at most {} and {} per workflow; stall thresholds {}",
-            count_usize(self.max_conversations, "conversation", "conversations"),
-            count_usize(self.max_steps_per_workflow, "step", "steps"),
+            count_usize(p.max_conversations, "conversation", "conversations"),
+            count_usize(steps, "step", "steps"),
             thresholds.join(", ")
         ));
-        let format = match self.log_format {
+    }
+    if let (Some(level), Some(format)) = (p.log_level, p.log_format) {
+        let format = match format {
             LogFormat::Logfmt => "logfmt",
             LogFormat::Json => "json",
         };
         lines.push(format!(
             "log level {}, format {format}",
-            self.log_level.as_str().to_lowercase()
+            level.as_str().to_lowercase()
         ));
-        lines
     }
+    lines
 }
 
 fn project_line(p: &ProjectConfig) -> String {
