@@ -10,7 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Target};
 use crate::kapso::{ApiKey, Client, RetryPolicy};
 use crate::poller::{self, Poller};
 use crate::simulator::{Simulator, SimulatorConfig};
@@ -39,28 +39,31 @@ pub struct Exporter {
 
 /// Builds the exporter for `config`, reading time from `clock`.
 pub fn build(config: &Config, clock: Clock, retry: RetryPolicy) -> anyhow::Result<Exporter> {
-    build_with(config, clock, retry, Tasks::default())
+    build_with(config, clock, retry, Tasks::default(), None)
 }
 
-/// [`build`], reporting the supervised tasks of `tasks`.
+/// [`build`], reporting the supervised tasks of `tasks`; `demo` is the running simulator's URL
+/// and key, where [`Target::Demo`] projects go.
 fn build_with(
     config: &Config,
     clock: Clock,
     retry: RetryPolicy,
     tasks: Tasks,
+    demo: Option<&(url::Url, ApiKey)>,
 ) -> anyhow::Result<Exporter> {
     let mut pollers = Vec::new();
     let mut projects = Vec::new();
     let mut deliveries = Vec::new();
     for p in &config.projects {
-        let client = Client::new(
-            p.base_url.clone(),
-            p.api_key.clone(),
-            p.rate_limit,
-            p.timeout,
-            retry,
-        )
-        .with_context(|| format!("failed to build the HTTP client of project {}", p.name))?;
+        let (base_url, api_key) = match (&p.target, demo) {
+            (Target::Kapso { base_url, api_key }, _) => (base_url.clone(), api_key.clone()),
+            (Target::Demo, Some(sim)) => sim.clone(),
+            (Target::Demo, None) => {
+                anyhow::bail!("project {}: the demo needs its simulator", p.name)
+            }
+        };
+        let client = Client::new(base_url, api_key.clone(), p.rate_limit, p.timeout, retry)
+            .with_context(|| format!("failed to build the HTTP client of project {}", p.name))?;
         let state =
             ProjectState::new(&p.name, p.poll_interval, p.rate_limit, client.stats()).shared();
         projects.push(state.clone());
@@ -68,7 +71,7 @@ fn build_with(
             .with_max_steps(config.max_steps_per_workflow);
         let window = Arc::new(Mutex::new(Dedupe::default()));
         if let Some(dir) = &config.storage_path {
-            let store = Store::new(dir, &p.name, &p.api_key);
+            let store = Store::new(dir, &p.name, &api_key);
             poller.restore_from(store, config.webhook.is_some().then(|| window.clone()));
         }
         deliveries.push(window);
@@ -154,6 +157,7 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
     let mut supervisor = Supervisor::new(tasks.clone(), cancel.clone());
     // With --demo, the simulator and the secret its webhooks are signed with.
     let mut demo_webhooks = None;
+    let mut demo_target = None;
     if config.demo {
         let variance = config.demo_variance.clone();
         let demo = SimulatorConfig {
@@ -175,9 +179,8 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
                 .map(|_| format!("{:02x}", rng.random::<u8>()))
                 .collect()
         };
+        demo_target = Some((running.base_url.clone(), key));
         for p in &mut config.projects {
-            p.base_url = running.base_url.clone();
-            p.api_key = key.clone();
             p.webhook_secret = Some(crate::webhook::WebhookSecret::new(secret.clone()));
         }
         demo_webhooks = Some((sim.clone(), secret));
@@ -212,7 +215,13 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
         .map(TcpListener::local_addr)
         .transpose()
         .context("failed to read the webhook listen address")?;
-    let exporter = build_with(&config, clock, RetryPolicy::default(), tasks)?;
+    let exporter = build_with(
+        &config,
+        clock,
+        RetryPolicy::default(),
+        tasks,
+        demo_target.as_ref(),
+    )?;
     for ((poller, p), state) in exporter
         .pollers
         .into_iter()
@@ -221,7 +230,10 @@ pub async fn start(mut config: Config, clock: Clock) -> anyhow::Result<Running> 
     {
         tracing::info!(
             mode = poller::mode_label(p, config.demo),
-            base_url = %crate::kapso::shown_url(&p.base_url),
+            base_url = %p
+                .base_url()
+                .or(demo_target.as_ref().map(|(url, _)| url))
+                .map_or_else(String::new, crate::kapso::shown_url),
             interval = %humantime::format_duration(p.poll_interval),
             budget_per_minute = p.rate_limit,
             budget_per_poll = poller::budget_per_poll(p.rate_limit, p.poll_interval),

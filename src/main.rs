@@ -5,7 +5,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use kapso_exporter::config::{Cli, Config};
+use kapso_exporter::config::{self, Cli, Config};
 use kapso_exporter::{app, logging};
 
 /// mimalloc returns freed memory to the system promptly; with glibc's allocator the large
@@ -28,37 +28,28 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid command line");
-            let first = first.strip_prefix("error: ").unwrap_or(first);
-            eprintln!("kapso-exporter: {first} (see --help)");
-            return ExitCode::from(EXIT_CONFIG);
-        }
-    };
-    let config = match Config::load(&cli, &|name| std::env::var(name).ok()) {
-        Ok(config) => config,
-        Err(e) => {
-            eprintln!("kapso-exporter: {e}");
+            eprintln!("kapso-exporter: {}", config::usage_error_line(&e));
             return ExitCode::from(EXIT_CONFIG);
         }
     };
     if cli.config_check {
-        for p in &config.projects {
-            println!("{}", kapso_exporter::poller::describe(p));
-        }
-        if let Some(w) = &config.webhook {
-            println!(
-                "webhooks on {} ({}), POST /webhooks/kapso",
-                w.address,
-                w.web.describe()
-            );
-        }
-        if let Some(dir) = &config.storage_path {
-            println!("counting state saved in {}", dir.display());
-        }
-        println!("configuration OK");
-        return ExitCode::SUCCESS;
+        return check(&cli);
     }
+    let config = match Config::load_all(&cli, &|name| std::env::var(name).ok()) {
+        Ok(config) => config,
+        Err(problems) => {
+            let more = match problems.len().saturating_sub(1) {
+                0 => String::new(),
+                n => format!(" (and {n} more: see --config.check)"),
+            };
+            let first = problems
+                .first()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            eprintln!("kapso-exporter: {first}{more}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
     logging::init(config.log_level, config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -76,6 +67,29 @@ fn main() -> ExitCode {
             // Once, in the log's format (the log goes to stderr).
             tracing::error!("{e:#}");
             ExitCode::from(EXIT_START)
+        }
+    }
+}
+
+/// `--config.check`: every problem and their count on stderr, the effective settings (of what
+/// is valid) on stdout; exit 0 only without a problem.
+fn check(cli: &Cli) -> ExitCode {
+    let check = Config::check(cli, &|name| std::env::var(name).ok());
+    for e in &check.problems {
+        eprintln!("kapso-exporter: {e}");
+    }
+    for line in &check.settings {
+        println!("{line}");
+    }
+    match check.problems.len() {
+        0 => {
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        n => {
+            let s = if n == 1 { "" } else { "s" };
+            eprintln!("kapso-exporter: {n} problem{s} in the configuration");
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

@@ -9,14 +9,30 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_kapso-exporter");
 
 fn run(args: &[&str], key: Option<&str>) -> std::process::Output {
+    let env: Vec<(&str, &str)> = key.map(|k| ("KAPSO_API_KEY", k)).into_iter().collect();
+    run_env(args, &env)
+}
+
+/// The binary with `args` and only these of the exporter's environment variables.
+fn run_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let mut cmd = Command::new(BIN);
     cmd.args(args)
         .env_remove("KAPSO_API_KEY")
-        .env_remove("KAPSO_BASE_URL");
-    if let Some(k) = key {
-        cmd.env("KAPSO_API_KEY", k);
+        .env_remove("KAPSO_BASE_URL")
+        .env_remove("KAPSO_WEBHOOK_SECRET");
+    for (name, value) in env {
+        cmd.env(name, value);
     }
     cmd.stdin(Stdio::null()).output().unwrap()
+}
+
+/// Asserts exit code 64 with one line on stderr and nothing on stdout; returns the line.
+fn usage_error(out: &std::process::Output, what: &str) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(64), "{what}: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{what}: not one line: {stderr}");
+    assert!(out.stdout.is_empty(), "{what}");
+    stderr
 }
 
 #[test]
@@ -48,6 +64,17 @@ fn bad_configuration_is_one_line_and_exit_64() {
             "/nonexistent.yml",
         ),
         (vec!["--kapso.timeout", "90s"], Some("k"), "--kapso.timeout"),
+        (
+            vec!["--log.level", "loud"],
+            Some("k"),
+            "[possible values: error, warn, info, debug, trace]",
+        ),
+        (vec!["--demoo"], Some("k"), "tip:"),
+        (
+            vec!["--web.listen-address", "nowhere"],
+            Some("k"),
+            "'--web.listen-address <ADDRESS>'",
+        ),
     ];
     for (args, key, needle) in cases {
         let out = run(&args, key);
@@ -68,13 +95,251 @@ fn bad_configuration_is_one_line_and_exit_64() {
 #[test]
 fn config_check_validates_and_exits() {
     let out = run(
-        &["--config.check", "--kapso.conversation-id", "c-1"],
+        &[
+            "--config.check",
+            "--kapso.conversation-id",
+            "c-1",
+            "--kapso.discover-conversations",
+            "7d",
+        ],
         Some("sk-secret-value"),
     );
     assert!(out.status.success());
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("configuration OK"), "{stdout}");
+    assert!(
+        stdout.contains("project default: Kapso API at https://api.kapso.ai/platform/v1, 1 conversation + conversations active within 7 days, polled every 1m (timeout 10s), budget 80 requests per minute"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("metrics on [::]:9853/metrics (plain HTTP)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("log level info, format logfmt"), "{stdout}");
     assert!(!stdout.contains("sk-secret-value"));
+}
+
+/// `--config.check` reports every problem, each with its origin, then their count.
+#[test]
+fn config_check_lists_every_problem_then_their_count() {
+    let dir = std::env::temp_dir().join(format!("kx-cli-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yml");
+    std::fs::write(
+        &file,
+        "poll:\n  interval: soon\nlog:\n  level: loud\nkapso:\n  rate_limit: 0\n",
+    )
+    .unwrap();
+    let path = file.to_str().unwrap();
+    let args = [
+        "--config.check",
+        "--config.file",
+        path,
+        "--web.max-connections",
+        "0",
+    ];
+    let out = run(&args, Some("k"));
+    assert_eq!(out.status.code(), Some(64));
+    // The effective settings of what is valid: the series caps, not the project (its
+    // interval and budget are bad), the listener (its connection limit) or the log settings.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "series: at most 10000 conversations and 50 steps per workflow; stall thresholds 1m, 5m, 15m, 1h, 4h, 1 day\n"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            format!(
+                "kapso-exporter: {path}:2: poll.interval: \"soon\" is not a duration like 30s or 5m (expected number at 0)"
+            ),
+            format!(
+                "kapso-exporter: {path}:6: kapso.rate_limit: must be at least 1 request per minute"
+            ),
+            "kapso-exporter: --web.max-connections: must be at least 1".to_owned(),
+            format!(
+                "kapso-exporter: {path}:4: log.level: \"loud\" is not one of error, warn, info, debug, trace"
+            ),
+            "kapso-exporter: 4 problems in the configuration".to_owned(),
+        ]
+    );
+    // Without --config.check: the first, and how many more.
+    let out = run(&args[1..], Some("k"));
+    let line = usage_error(&out, "without --config.check");
+    assert!(
+        line.ends_with("(and 3 more: see --config.check)\n"),
+        "{line}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A key as a flag value: a hint, never the value, exit 64.
+#[test]
+fn the_api_key_flag_is_refused_with_a_hint() {
+    for args in [
+        &["--kapso.api-key", "sk-live-abc123"][..],
+        &["--kapso.api-key=sk-live-abc123"][..],
+        &["--demo", "--kapso.api-key"][..],
+    ] {
+        let line = usage_error(&run(args, None), &format!("{args:?}"));
+        assert!(
+            line.starts_with("kapso-exporter: --kapso.api-key: "),
+            "{line}"
+        );
+        assert!(
+            line.contains("KAPSO_API_KEY") && line.contains("--kapso.api-key-file"),
+            "{line}"
+        );
+        assert!(!line.contains("sk-live-abc123"), "the key echoed: {line}");
+    }
+}
+
+/// `--demo` talks to its simulator: a base URL from the flag, the environment or the file is
+/// an error, not silently ignored.
+#[test]
+fn a_base_url_with_the_demo_is_a_configuration_error() {
+    let dir = std::env::temp_dir().join(format!("kx-cli-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("config.yml");
+    std::fs::write(&file, "kapso:\n  base_url: http://127.0.0.1:1/v1\n").unwrap();
+    let path = file.to_str().unwrap();
+    let url = "http://127.0.0.1:1/v1";
+    for (args, env, origin) in [
+        (
+            vec!["--demo", "--kapso.base-url", url],
+            vec![],
+            "--kapso.base-url: ".to_owned(),
+        ),
+        (
+            vec!["--demo"],
+            vec![("KAPSO_BASE_URL", url)],
+            "environment variable KAPSO_BASE_URL: ".to_owned(),
+        ),
+        (
+            vec!["--demo", "--config.file", path],
+            vec![],
+            format!("{path}:2: kapso.base_url: "),
+        ),
+    ] {
+        let line = usage_error(&run_env(&args, &env), &format!("{args:?}"));
+        assert!(
+            line.starts_with(&format!("kapso-exporter: {origin}")),
+            "{args:?}: {line}"
+        );
+        assert!(line.contains("cannot be combined with --demo"), "{line}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// README's flag table is the single source of `--help`: the same flags, in the same groups,
+/// with the same value names, environment variables and defaults.
+#[test]
+fn help_and_the_readme_flag_table_agree() {
+    let out = run(&["--help"], None);
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let from_help = help_flags(&help);
+    let (from_readme, env_only) = readme_flags(&readme);
+    let names = |v: &[Flag]| v.iter().map(|f| f.name.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&from_help),
+        names(&from_readme),
+        "flags and their order"
+    );
+    for (h, r) in from_help.iter().zip(&from_readme) {
+        assert_eq!(h, r, "--help and README disagree on {}", h.name);
+    }
+    for var in env_only {
+        assert!(help.contains(&var), "{var} is not mentioned in --help");
+    }
+}
+
+#[derive(Debug, PartialEq)]
+struct Flag {
+    group: String,
+    name: String,
+    value: String,
+    env: String,
+    default: String,
+}
+
+/// The flags of `--help` (without --help and --version), with their heading.
+fn help_flags(help: &str) -> Vec<Flag> {
+    let mut flags: Vec<Flag> = Vec::new();
+    let mut group = String::new();
+    let mut text = String::new();
+    let finish = |flags: &mut Vec<Flag>, text: &mut String| {
+        if let Some(last) = flags.last_mut() {
+            last.env = bracketed(text, "[env: ");
+            last.default = bracketed(text, "[default: ");
+        }
+        text.clear();
+    };
+    for line in help.lines() {
+        if !line.starts_with(' ') && line.ends_with(':') {
+            group = line.trim_end_matches(':').to_owned();
+        } else if let Some(arg) = line.strip_prefix("      --") {
+            finish(&mut flags, &mut text);
+            let (name, value) = arg.split_once(' ').unwrap_or((arg, ""));
+            flags.push(Flag {
+                group: group.clone(),
+                name: format!("--{name}"),
+                value: value.trim_matches(['<', '>']).to_owned(),
+                env: String::new(),
+                default: String::new(),
+            });
+        } else {
+            text.push_str(line.trim());
+            text.push(' ');
+        }
+    }
+    finish(&mut flags, &mut text);
+    flags
+}
+
+fn bracketed(text: &str, open: &str) -> String {
+    text.split_once(open)
+        .and_then(|(_, rest)| rest.split_once(']'))
+        .map(|(inside, _)| inside.to_owned())
+        .unwrap_or_default()
+}
+
+/// The flags of README's configuration table, with the group row above them, and the
+/// variables that have no flag.
+fn readme_flags(readme: &str) -> (Vec<Flag>, Vec<String>) {
+    let table = readme
+        .split("| flag | env | default | meaning |")
+        .nth(1)
+        .expect("the flag table");
+    let mut flags = Vec::new();
+    let mut env_only = Vec::new();
+    let mut group = String::new();
+    for line in table.lines().skip(2).take_while(|l| l.starts_with('|')) {
+        let cells: Vec<String> = line
+            .trim_matches('|')
+            .split('|')
+            .map(|c| c.trim().replace('`', ""))
+            .collect();
+        if let Some(g) = cells[0].strip_prefix("**") {
+            group = g.trim_end_matches("**").to_owned();
+        } else if cells[0] == "(none)" {
+            env_only.push(cells[1].clone());
+        } else {
+            let (name, value) = cells[0].split_once(' ').unwrap_or((&cells[0], ""));
+            flags.push(Flag {
+                group: group.clone(),
+                name: name.to_owned(),
+                value: value.to_owned(),
+                env: cells[1].clone(),
+                default: cells[2].clone(),
+            });
+        }
+    }
+    (flags, env_only)
 }
 
 #[test]

@@ -1025,7 +1025,7 @@ fn the_exporter_accepts_the_rendered_config_and_args() {
     let projects: Vec<(&str, &str)> = loaded
         .projects
         .iter()
-        .map(|p| (p.name.as_str(), p.api_key.expose()))
+        .map(|p| (p.name.as_str(), p.api_key().unwrap().expose()))
         .collect();
     assert_eq!(
         projects,

@@ -550,6 +550,14 @@ fn check_config_result(result: Result<Config, String>) -> Result<(), TestCaseErr
             prop_assert!(!e.is_empty());
             prop_assert!(!e.contains('\n'), "a multi-line error: {e:?}");
             prop_assert!(!e.contains(SECRET), "the key in an error: {e}");
+            // Said in the file's terms, never the program's types.
+            let rust_type = e.contains("struct ")
+                || e.match_indices("File")
+                    .any(|(i, _)| e[i + 4..].starts_with(|c: char| c.is_ascii_uppercase()))
+                || ["u32", "usize", "u64", "i64", "Option<", "Vec<", "PathBuf"]
+                    .iter()
+                    .any(|t| e.contains(t));
+            prop_assert!(!rust_type, "a Rust type name in an error: {e}");
         }
     }
     Ok(())

@@ -318,7 +318,7 @@ fn debug_of_the_configuration_hides_the_key() {
     let cli = Cli::try_parse_from(["kapso-exporter", "--kapso.conversation-id", "c-1"]).unwrap();
     let env = |name: &str| (name == "KAPSO_API_KEY").then(|| SECRET.to_owned());
     let config = Config::load(&cli, &env).unwrap();
-    assert_eq!(config.projects[0].api_key.expose(), SECRET);
+    assert_eq!(config.projects[0].api_key().unwrap().expose(), SECRET);
     for text in [
         format!("{config:?}"),
         format!("{config:#?}"),
