@@ -642,9 +642,10 @@ pub fn describe(p: &ProjectConfig) -> String {
     match &p.mode {
         Mode::Project => format!("project {} (every workflow)", p.name),
         Mode::Conversations { ids, discover } => format!(
-            "project {} ({} conversations{})",
+            "project {} ({} conversation{}{})",
             p.name,
             ids.len(),
+            if ids.len() == 1 { "" } else { "s" },
             discover.map_or(String::new(), |d| format!(
                 " + active within {}",
                 humantime::format_duration(d)
