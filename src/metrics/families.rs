@@ -2,7 +2,7 @@
 //!
 //! Collectors write through [`Family::emit`], whose label sets are types ([`label_sets!`]), so a
 //! family's labels are fixed where it is declared. The README's metrics table is checked
-//! against [`FAMILIES`] (`tests/exposition.rs`), and what `/metrics` serves against both.
+//! against [`FAMILIES`] (`tests/it/exposition.rs`), and what `/metrics` serves against both.
 
 use std::fmt;
 

@@ -4,7 +4,7 @@
 //! `/workflows/{id}/executions`, `/workflow_executions/{id}`, `/whatsapp/conversations`,
 //! `/whatsapp/conversations/{id}` and `/whatsapp/conversations/{id}/flow_executions`, with the
 //! shapes, ordering, cursors, errors and rate limits described in `shared/kapso-api.md` and
-//! the published OpenAPI files (checked by `tests/simulator_contract.rs`).
+//! the published OpenAPI files (checked by `tests/it/simulator_contract.rs`).
 //!
 //! Tests drive the world step by step ([`Simulator::start_execution`],
 //! [`Simulator::set_status`], [`Simulator::tick`]) and compare the exporter's output with

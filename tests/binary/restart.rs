@@ -3,9 +3,7 @@
 //! with SIGKILL continues its counters; unusable files start fresh and are kept aside.
 #![allow(clippy::unwrap_used)]
 
-mod counting_support;
-mod support;
-
+use crate::counting_support;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -13,13 +11,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{
+    KEY, Samples, TempDir, config, get, parse, scrape, series, test_retry, test_start,
+};
 use kapso_exporter::app::{self, Exporter};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::kapso::ApiKey;
 use kapso_exporter::poller::tracker::Tracker;
 use kapso_exporter::simulator::{RunningSimulator, Simulator, SimulatorConfig, Variance};
 use kapso_exporter::storage::{SavedRef, Store};
-use support::{KEY, Samples, TempDir, config, get, parse, scrape, series, test_retry, test_start};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kapso-exporter");
 

@@ -9,6 +9,7 @@
 //! The end-to-end proof (exporter, simulator, Prometheus and Alertmanager running) is
 //! `tests/e2e_prometheus.rs`.
 
+use crate::grafana;
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::fs;
@@ -16,14 +17,11 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use grafana::{panels, variables};
+use crate::grafana::{panels, variables};
 use serde_json::Value as Json;
 use serde_norway::Value as Yaml;
 
-mod grafana;
-mod support;
-
-use support::TempDir;
+use crate::support::TempDir;
 
 const RUNBOOK_BASE: &str =
     "https://github.com/kapso-exporter/kapso-exporter/blob/main/docs/runbooks.md";

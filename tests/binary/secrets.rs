@@ -5,19 +5,18 @@
 //! configuration must not show it.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{get, parse};
 use clap::Parser;
 use kapso_exporter::clock::Clock;
 use kapso_exporter::config::{Cli, Config};
 use kapso_exporter::simulator::{Faults, Simulator, SimulatorConfig};
-use support::{get, parse};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kapso-exporter");
 /// Distinctive, so a match cannot be a coincidence.

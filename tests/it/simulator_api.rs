@@ -2,17 +2,15 @@
 //! that agrees with what the API lists.
 #![allow(clippy::unwrap_used)]
 
-mod sim_support;
-
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 
+use crate::sim_support::Api;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{ExecStatus, Faults, Simulator, SimulatorConfig, endpoints};
 use serde_json::{Value, json};
-use sim_support::Api;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 use time::macros::datetime;

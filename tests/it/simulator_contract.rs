@@ -5,19 +5,17 @@
 //! prints `SKIPPED: …` to stderr and passes, except under `CI=true`, where it fails.
 #![allow(clippy::unwrap_used)]
 
-mod sim_support;
-
 use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use crate::sim_support::Api;
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{
     ExecStatus, Faults, Simulator, SimulatorConfig, StartOverride, Variance,
 };
 use serde_json::{Value, json};
-use sim_support::Api;
 use time::macros::datetime;
 
 const KEY: &str = "contract-key";

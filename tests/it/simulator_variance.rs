@@ -3,11 +3,10 @@
 //! `--demo.variance` flag's parse errors.
 #![allow(clippy::unwrap_used)]
 
-mod sim_support;
-
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 
+use crate::sim_support::Api;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use kapso_exporter::clock::Clock;
@@ -17,7 +16,6 @@ use kapso_exporter::simulator::{
     Variance,
 };
 use serde_json::{Value, json};
-use sim_support::Api;
 use time::format_description::well_known::Rfc3339;
 use time::macros::datetime;
 use time::{OffsetDateTime, UtcOffset};

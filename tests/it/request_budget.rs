@@ -6,16 +6,14 @@
 //! conversation.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use kapso_exporter::clock::Clock;
-use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator, SimulatorConfig};
-use support::{
+use crate::support::{
     Harness, KEY, activity_between, ceiling, finished_between, get, lower_bound, parse, test_start,
 };
+use kapso_exporter::clock::Clock;
+use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator, SimulatorConfig};
 
 fn world(clock: &Clock) -> Simulator {
     let sim = Simulator::new(

@@ -19,18 +19,16 @@
 //! both); without them the tests that need them fail under `CI=true` and otherwise print
 //! `SKIPPED: ...` and pass. Helm's cache, config and data directories are temporary ones.
 
-mod kube;
-mod support;
-
+use crate::kube;
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use crate::kube::{container, parse, parse_stream, program, repo_root};
+use crate::support::TempDir;
 use base64::Engine as _;
-use kube::{container, parse, parse_stream, program, repo_root};
 use serde_json::{Value, json};
-use support::TempDir;
 
 const CHART: &str = "deploy/helm/kapso-exporter";
 const RELEASE: &str = "kx";

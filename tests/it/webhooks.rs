@@ -4,21 +4,19 @@
 //! the simulator's ground truth.
 #![allow(clippy::unwrap_used)]
 
-mod counting_support;
-mod support;
-
+use crate::support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::counting_support::{Counts, counts, truth_counts};
+use crate::support::{Harness, KEY, Samples, WEBHOOK_SECRET, get, parse, test_start};
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use counting_support::{Counts, counts, truth_counts};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::kapso::models::format_timestamp;
 use kapso_exporter::simulator::{ExecStatus, Simulator};
 use kapso_exporter::webhook::{BODY_LIMIT, WebhookSecret};
 use serde_json::{Value, json};
-use support::{Harness, KEY, Samples, WEBHOOK_SECRET, get, parse, test_start};
 use tower::ServiceExt as _;
 
 use ExecStatus::{Ended, Failed, Handoff, Running, Waiting};

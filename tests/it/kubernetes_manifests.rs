@@ -11,14 +11,13 @@
 //! mounts a PersistentVolumeClaim where `--storage.path` points, the root filesystem still
 //! read-only. The base alone renders without either.
 
-mod kube;
-
+use crate::kube;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use kube::{container, parse, repo_root, str_at};
+use crate::kube::{container, parse, repo_root, str_at};
 use serde_json::Value;
 
 const DIR: &str = "deploy/kubernetes";

@@ -19,26 +19,23 @@
 //! empty pages with fresh cursors) are covered with the client.
 #![allow(clippy::unwrap_used)]
 
-mod counting_support;
-mod support;
-
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::counting_support::{
+    Counts, anomalies, counts, differences, last_success, live, live3, ms, outcome_unknown,
+    poll_errors, truth_counts, truth_live3, up, workflow_series,
+};
+use crate::support::{Harness, KEY, Samples, config, parse, test_retry, test_start};
 use axum::extract::{Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use counting_support::{
-    Counts, anomalies, counts, differences, last_success, live, live3, ms, outcome_unknown,
-    poll_errors, truth_counts, truth_live3, up, workflow_series,
-};
 use kapso_exporter::app;
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{
     ExecStatus, Precision, Precisions, Simulator, StartOverride, Variance,
 };
-use support::{Harness, KEY, Samples, config, parse, test_retry, test_start};
 
 use ExecStatus::{Ended, Failed, Handoff, Running, Waiting};
 

@@ -6,12 +6,11 @@
 //! `PROPTEST_CASES=10000 cargo test --test proptest_decoding` runs a longer search.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::TempDir;
 use axum::extract::{Query, State};
 use axum::routing::get;
 use kapso_exporter::config::{Cli, Config};
@@ -24,7 +23,6 @@ use kapso_exporter::kapso::{ApiError, ApiKey, Client, Execution, ExecutionStatus
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use serde_json::{Value, json};
-use support::TempDir;
 use time::OffsetDateTime;
 
 /// Proptest's defaults (which read `PROPTEST_CASES`), with shrinking bounded in time.

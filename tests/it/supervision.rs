@@ -7,14 +7,13 @@
 //! `tokio::time::interval` panics on it when the poller task starts.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support;
 use std::time::{Duration, Instant};
 
+use crate::support::{KEY, get, parse};
 use kapso_exporter::app;
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::Simulator;
-use support::{KEY, get, parse};
 
 async fn fetch(client: &reqwest::Client, url: &str) -> (u16, String) {
     let resp = client.get(url).send().await.unwrap();

@@ -1,16 +1,15 @@
 //! The HTTP endpoints, readiness, and last-good-state behaviour when Kapso fails.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support;
 use std::time::Duration;
 
+use crate::support::{Harness, KEY, get, parse, test_start};
 use axum::body::Body;
 use axum::http::{Method, Request};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::metrics;
 use kapso_exporter::simulator::{ExecStatus, Faults, Simulator};
-use support::{Harness, KEY, get, parse, test_start};
 use tower::ServiceExt;
 
 async fn call(router: &axum::Router, method: Method, path: &str) -> (u16, String) {

@@ -6,12 +6,12 @@
 //! without stalling the poller or the scrapes, and bodies over 1 MiB refused unread.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
+use crate::support::{KEY, WEBHOOK_SECRET};
 use axum::routing::get;
 use kapso_exporter::app::{self, Running};
 use kapso_exporter::clock::Clock;
@@ -20,7 +20,6 @@ use kapso_exporter::http::server;
 use kapso_exporter::simulator::{RunningSimulator, Simulator};
 use kapso_exporter::state;
 use kapso_exporter::webhook::{BODY_LIMIT, WebhookSecret};
-use support::{KEY, WEBHOOK_SECRET};
 use tokio_util::sync::CancellationToken;
 
 /// The exporter on 127.0.0.1:0 polling a simulator every `interval`, with `limits`.

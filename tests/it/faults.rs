@@ -11,11 +11,11 @@
 //! during a `Retry-After` pause.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{KEY, Samples, config, get, parse, series, test_start};
 use kapso_exporter::app::{self, Exporter};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::kapso::client::MAX_BODY_BYTES;
@@ -23,7 +23,6 @@ use kapso_exporter::kapso::{ApiError, RetryPolicy};
 use kapso_exporter::simulator::{
     Drift, ExecStatus, Faults, GroundTruth, RunningSimulator, Simulator, SimulatorConfig,
 };
-use support::{KEY, Samples, config, get, parse, series, test_start};
 
 /// The exporter's budget, equal to the simulator's limit: a request beyond it would be a 429.
 const BUDGET: u32 = 600;

@@ -3,14 +3,13 @@
 //! conversation mode, and the `--metrics.max-steps-per-workflow` fold.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::support::{Harness, KEY, Samples, parse, series, test_start};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator, SimulatorConfig, StepTruth};
-use support::{Harness, KEY, Samples, parse, series, test_start};
 use time::OffsetDateTime;
 
 const STEP_EXECUTIONS: &str = "kapso_workflow_step_executions";

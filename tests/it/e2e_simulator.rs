@@ -2,13 +2,13 @@
 //! simulator's ground truth, in project and conversation mode.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{
+    Harness, KEY, STALLABLE, Samples, THRESHOLDS, get, parse, series, test_start,
+};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator};
-use support::{Harness, KEY, STALLABLE, Samples, THRESHOLDS, get, parse, series, test_start};
 use time::OffsetDateTime;
 
 fn close(a: f64, b: f64) -> bool {

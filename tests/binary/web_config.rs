@@ -3,13 +3,13 @@
 //! rejected by the binary with one line and exit code 64.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support;
 use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::{KEY, TempDir};
 use kapso_exporter::app::{self, Running};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{RunningSimulator, Simulator};
@@ -17,7 +17,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
 };
-use support::{KEY, TempDir};
 
 const BIN: &str = env!("CARGO_BIN_EXE_kapso-exporter");
 

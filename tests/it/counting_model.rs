@@ -98,13 +98,12 @@
 //! it checked (run with `--nocapture`) and fails if most workflows were not checked exactly.
 #![allow(clippy::unwrap_used)]
 
-mod counting_support;
-mod support;
-
+use crate::counting_support;
 use std::fmt::Write as _;
 use std::time::Duration;
 
-use counting_support::{Counts, counts, live3, outcome_unknown, poll_errors, up};
+use crate::counting_support::{Counts, counts, live3, outcome_unknown, poll_errors, up};
+use crate::support::{Harness, KEY, Samples, parse, series, test_start};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{
     ExecStatus, Precision, Precisions, Presence, Simulator, StartOverride, StepTruth, Variance,
@@ -113,7 +112,6 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use support::{Harness, KEY, Samples, parse, series, test_start};
 use time::{OffsetDateTime, UtcOffset};
 
 use ExecStatus::{Ended, Failed, Handoff, Running, Waiting};

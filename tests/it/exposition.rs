@@ -2,14 +2,13 @@
 //! strict OpenMetrics) and `promtool check metrics`; hostile workflow names survive.
 #![allow(clippy::unwrap_used)]
 
-mod support;
-
+use crate::support;
 use std::io::Write;
 use std::process::{Command, Stdio};
 
+use crate::support::{Harness, KEY, has_command, require, scrape, test_start};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{ExecStatus, Simulator};
-use support::{Harness, KEY, has_command, require, scrape, test_start};
 
 const HOSTILE: &str = "Support \"VIP\" \\ desk\nsecond line – ñandú 🚀";
 
@@ -253,8 +252,8 @@ async fn the_readme_documents_every_metric() {
             assert_eq!(help, escaped, "{name}: help");
         }
     }
-    // Supervised tasks exist only in the running binary (`app::start`); `tests/supervision.rs`
-    // and `tests/cli.rs` check that family.
+    // Supervised tasks exist only in the running binary (`app::start`); `tests/it/supervision.rs`
+    // and `tests/binary/cli.rs` check that family.
     for name in table.keys().filter(|n| *n != "kapso_exporter_task_up") {
         // Families with no series in this small world are still declared.
         assert!(
