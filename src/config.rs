@@ -17,6 +17,9 @@ use crate::simulator::Variance;
 use crate::web_config::WebConfig;
 use crate::webhook::WebhookSecret;
 
+/// The server's limits, re-exported: `config::WebLimits` is part of [`Config`].
+pub use crate::http::WebLimits;
+
 /// The default Kapso Platform API.
 pub const DEFAULT_BASE_URL: &str = "https://api.kapso.ai/platform/v1";
 /// The default listen address; 9853 is this exporter's port in the 9xxx exporter range.
@@ -171,36 +174,6 @@ pub struct WebhookListener {
     pub address: SocketAddr,
     /// From `--webhook.config.file`.
     pub web: WebConfig,
-}
-
-/// Limits that keep slow or hostile HTTP clients from holding the server (see `http::server`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WebLimits {
-    /// Connections served at once (`--web.max-connections`).
-    pub max_connections: usize,
-    /// Time for a client to send its request headers; also the keep-alive idle timeout.
-    pub header_read_timeout: Duration,
-    /// Time for a client to finish the TLS handshake.
-    pub tls_handshake_timeout: Duration,
-    /// Time for a handler to answer (then 503).
-    pub request_timeout: Duration,
-    /// Time a response write may make no progress before the connection is closed.
-    pub write_timeout: Duration,
-    /// Size of the request line and headers (larger: 431).
-    pub max_header_bytes: usize,
-}
-
-impl Default for WebLimits {
-    fn default() -> Self {
-        WebLimits {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_read_timeout: Duration::from_secs(10),
-            tls_handshake_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(30),
-            max_header_bytes: 16 * 1024,
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -519,9 +492,7 @@ impl Config {
             .or(file.metrics.max_steps_per_workflow)
             .unwrap_or(DEFAULT_MAX_STEPS_PER_WORKFLOW);
         if max_steps_per_workflow == 0 {
-            return Err(err(
-                "--metrics.max-steps-per-workflow must be at least 1",
-            ));
+            return Err(err("--metrics.max-steps-per-workflow must be at least 1"));
         }
         let thresholds: Vec<String> = if !cli.stall_thresholds.is_empty() {
             cli.stall_thresholds.clone()

@@ -14,6 +14,9 @@
 
 pub mod auth;
 pub mod server;
+pub mod tls;
+
+pub use server::WebLimits;
 
 use std::sync::Arc;
 
