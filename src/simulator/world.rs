@@ -38,7 +38,7 @@ pub(crate) struct Step {
     pub y: f64,
 }
 
-/// The steps every simulated workflow has (identifier, Ruby class; facts sheet §10).
+/// The steps every simulated workflow has (identifier, Ruby class; docs/kapso-api.md §5).
 const STEPS: [(&str, &str); 6] = [
     ("start", "FlowActionStep"),
     ("agent_reply", "FlowAgentStep"),
