@@ -32,6 +32,9 @@ use crate::webhook::WebhookSecret;
 use error::Problems;
 use file::{FileConfig, Source};
 
+/// The server's limits, re-exported: `config::WebLimits` is part of [`Config`].
+pub use crate::http::WebLimits;
+
 /// The default Kapso Platform API.
 pub const DEFAULT_BASE_URL: &str = "https://api.kapso.ai/platform/v1";
 /// The default listen address; 9853 is this exporter's port in the 9xxx exporter range.
@@ -90,36 +93,6 @@ pub struct WebhookListener {
     pub address: SocketAddr,
     /// From `--webhook.config.file`.
     pub web: WebConfig,
-}
-
-/// Limits that keep slow or hostile HTTP clients from holding the server (see `http::server`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct WebLimits {
-    /// Connections served at once (`--web.max-connections`).
-    pub max_connections: usize,
-    /// Time for a client to send its request headers; also the keep-alive idle timeout.
-    pub header_read_timeout: Duration,
-    /// Time for a client to finish the TLS handshake.
-    pub tls_handshake_timeout: Duration,
-    /// Time for a handler to answer (then 503).
-    pub request_timeout: Duration,
-    /// Time a response write may make no progress before the connection is closed.
-    pub write_timeout: Duration,
-    /// Size of the request line and headers (larger: 431).
-    pub max_header_bytes: usize,
-}
-
-impl Default for WebLimits {
-    fn default() -> Self {
-        WebLimits {
-            max_connections: DEFAULT_MAX_CONNECTIONS,
-            header_read_timeout: Duration::from_secs(10),
-            tls_handshake_timeout: Duration::from_secs(10),
-            request_timeout: Duration::from_secs(30),
-            write_timeout: Duration::from_secs(30),
-            max_header_bytes: 16 * 1024,
-        }
-    }
 }
 
 /// One Kapso project (one API key).

@@ -15,6 +15,9 @@
 pub mod auth;
 pub mod landing;
 pub mod server;
+pub mod tls;
+
+pub use server::WebLimits;
 
 use std::sync::Arc;
 

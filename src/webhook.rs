@@ -1,5 +1,5 @@
 //! The webhook receiver: Kapso's `workflow.execution.failed` and `workflow.execution.handoff`
-//! deliveries, counted the moment they arrive (docs/kapso-api.md, webhooks).
+//! deliveries, counted the moment they arrive (docs/kapso-api.md §10).
 //!
 //! It listens on an address of its own (`--webhook.listen-address`), since it faces Kapso on
 //! the internet while `/metrics` stays internal. `POST /webhooks/kapso` takes the deliveries

@@ -90,6 +90,32 @@ def free_port():
         return s.getsockname()[1]
 
 
+def progress(message):
+    """One line of progress, flushed at once (stdout may be a pipe or a CI log)."""
+    print(message, flush=True)
+
+
+def collect(prom, minutes):
+    """Waits `minutes` while Prometheus scrapes the demo, saying every 30 s how it goes."""
+    total = minutes * 60
+    begun = time.monotonic()
+    while True:
+        elapsed = time.monotonic() - begun
+        if elapsed >= total:
+            return
+        time.sleep(min(30, total - elapsed))
+        elapsed = time.monotonic() - begun
+        try:
+            up = prom.instant('up{job="kapso"}', time.time())
+            series = prom.instant('count({job="kapso"})', time.time())
+            state = "up" if up and up[0]["value"][1] == "1" else "down"
+            count = int(float(series[0]["value"][1])) if series else 0
+            status = f"target {state}, {count} series"
+        except (OSError, RuntimeError) as e:
+            status = f"Prometheus not answering ({e})"
+        progress(f"  {elapsed / 60:.1f} of {minutes:g} minutes collected; {status}")
+
+
 def wait_ready(url, what, deadline_s=60):
     deadline = time.monotonic() + deadline_s
     while True:
@@ -119,8 +145,12 @@ def start_stack(exporter, tmp):
                           "--storage.tsdb.path=data", f"--web.listen-address=127.0.0.1:{prom_port}",
                           "--log.level=warn"], cwd=tmp, stdout=log, stderr=log),
     ]
+    progress(f"starting {exporter} --demo on 127.0.0.1:{exporter_port} and Prometheus on "
+             f"127.0.0.1:{prom_port} (logs: {tmp / 'stack.log'})")
     wait_ready(f"http://127.0.0.1:{exporter_port}/-/ready", "the exporter")
+    progress("  the exporter is ready")
     wait_ready(f"http://127.0.0.1:{prom_port}/-/ready", "Prometheus")
+    progress("  Prometheus is ready")
     return procs, f"http://127.0.0.1:{prom_port}"
 
 
@@ -401,6 +431,8 @@ def render(path, prom, start, end, out):
              f"{datetime.fromtimestamp(start):%Y-%m-%d %H:%M} – {datetime.fromtimestamp(end):%H:%M}"
              "  ·  all variables: All", color=MUTED, fontsize=9, ha="right", va="center")
     step = max(1, int((end - start) / 240))
+    drawn = [p for p in panels if p["type"] != "row"]
+    progress(f"rendering {dashboard['title']} ({path.name}): {len(drawn)} panels")
     for panel in panels:
         g = panel["gridPos"]
         top = 1 - (0.7 + g["y"] * unit_h) / fig_h
@@ -426,6 +458,7 @@ def render(path, prom, start, end, out):
                                   [float(v) for _, v in s["values"]], style))
             lines.sort(key=lambda line: line[0])
             draw_timeseries(fig, box, panel, lines, defaults, start, end, step)
+            found = len(lines)
         elif panel["type"] == "stat":
             series = []
             for target in panel["targets"]:
@@ -434,6 +467,7 @@ def render(path, prom, start, end, out):
                                    float(s["value"][1])))
             series.sort()
             draw_stat(fig, box, panel, series, defaults)
+            found = len(series)
         elif panel["type"] == "table":
             rows = []
             for target in panel["targets"]:
@@ -446,10 +480,16 @@ def render(path, prom, start, end, out):
             else:
                 rows.sort(key=lambda r: -r[1])
             draw_table(fig, box, panel, rows, defaults)
+            found = len(rows)
+        else:
+            found = None
+        index = drawn.index(panel) + 1
+        shown = "not drawn (type unknown here)" if found is None else f"{found} series"
+        progress(f"  [{index}/{len(drawn)}] {panel['type']} {panel.get('title', '')!r}: {shown}")
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100, facecolor=BACKGROUND)
     plt.close(fig)
-    print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+    progress(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
 
 
 def series_style(overrides, name):
@@ -484,8 +524,9 @@ def main():
             tmp = Path(tempfile.mkdtemp(prefix="kapso-render-"))
             procs, url = start_stack(args.exporter, tmp)
             prom = Prometheus(url)
-            print(f"collecting {args.minutes:g} minutes of demo data from {url} ...")
-            time.sleep(args.minutes * 60)
+            progress(f"collecting {args.minutes:g} minutes of demo data from {url}; "
+                     "a line every 30 s")
+            collect(prom, args.minutes)
             end = time.time()
         start = end - args.minutes * 60
         for path in sorted((ROOT / "dashboards").glob("*.json")):

@@ -39,7 +39,35 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceExt as _;
 
-use crate::config::WebLimits;
+/// Limits that keep slow or hostile HTTP clients from holding the server (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WebLimits {
+    /// Connections served at once (`--web.max-connections`).
+    pub max_connections: usize,
+    /// Time for a client to send its request headers; also the keep-alive idle timeout.
+    pub header_read_timeout: Duration,
+    /// Time for a client to finish the TLS handshake.
+    pub tls_handshake_timeout: Duration,
+    /// Time for a handler to answer (then 503).
+    pub request_timeout: Duration,
+    /// Time a response write may make no progress before the connection is closed.
+    pub write_timeout: Duration,
+    /// Size of the request line and headers (larger: 431).
+    pub max_header_bytes: usize,
+}
+
+impl Default for WebLimits {
+    fn default() -> Self {
+        WebLimits {
+            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            write_timeout: Duration::from_secs(30),
+            max_header_bytes: 16 * 1024,
+        }
+    }
+}
 
 /// What Go's servers answer to plain HTTP on a TLS port; clients show it to the user.
 const PLAIN_HTTP_ON_TLS: &[u8] = b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain; charset=utf-8\r\nConnection: close\r\n\r\nClient sent an HTTP request to an HTTPS server.\n";

@@ -573,7 +573,7 @@ enum Stop {
 /// unit, else the last instant of the unit.
 ///
 /// Kapso's cursors are Base64 of `{"values":["<created_at>","<id>"],"columns":[...]}` with a
-/// microsecond timestamp (docs/kapso-api.md, paging). A server whose cursor carries whole
+/// microsecond timestamp (docs/kapso-api.md §3). A server whose cursor carries whole
 /// seconds (or milliseconds) but compares it with the full-precision keys skips, after the
 /// cursor, every row of the page's last second that is older than the last row. The exporter
 /// never builds a cursor; it only reads this one's timestamp, and where it is written with

@@ -1,6 +1,6 @@
 //! The client-side rate limiter of one API key.
 //!
-//! Kapso counts requests per key per minute (facts sheet §8) and does not say whether its
+//! Kapso counts requests per key per minute (docs/kapso-api.md §8) and does not say whether its
 //! window is fixed or sliding; a sliding 60 s log is the conservative reading: the exporter
 //! never sends more than `limit` requests in any 60 s span. A 429's `Retry-After` pauses every
 //! request of the key (for at most [`MAX_PAUSE`]), and `X-RateLimit-Remaining: 0` pauses it
@@ -19,7 +19,7 @@ pub const WINDOW: Duration = Duration::from_secs(60);
 
 /// The longest one pause of the key may last, whatever the server asks for.
 ///
-/// Kapso documents `Retry-After: 60` on its 429s (facts sheet §8). Fifteen times that leaves
+/// Kapso documents `Retry-After: 60` on its 429s (docs/kapso-api.md §8). Fifteen times that leaves
 /// room for a gateway in front of it that backs off longer, and still bounds what a corrupted
 /// header (`Retry-After: 18446744073709551615`, a date in the year 9999) can do: the key
 /// resumes within 15 minutes, and no instant is built that the clock cannot hold.

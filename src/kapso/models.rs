@@ -2,7 +2,7 @@
 //!
 //! Kapso's documented examples disagree with its own schemas (non-UUID ids, missing required
 //! fields, timestamps with and without fractional seconds), so every field except `id` is
-//! optional, ids are plain strings and statuses have an `Unknown` arm (facts sheet §2, §12).
+//! optional, ids are plain strings and statuses have an `Unknown` arm (docs/kapso-api.md §5, §7).
 
 use serde::{Deserialize, Deserializer};
 use time::OffsetDateTime;

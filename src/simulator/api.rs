@@ -1,14 +1,14 @@
 //! The HTTP face of the simulator: routes under `/platform/v1`, the per-request gate (latency,
 //! auth, rate limit, injected faults) and the JSON shapes of the published OpenAPI schemas.
 //!
-//! Endpoints (`GET`; facts sheet §§2–7):
+//! Endpoints (`GET`; docs/kapso-api.md §§2–5):
 //! - `/workflows` and `/workflows/{workflow_id}`
 //! - `/workflows/{workflow_id}/executions`
 //! - `/workflow_executions/{execution_id}`
 //! - `/whatsapp/conversations` and `/whatsapp/conversations/{conversation_id}`
 //! - `/whatsapp/conversations/{conversation_id}/flow_executions`
 //!
-//! and, for project webhooks (facts sheet §11; handlers in `webhooks.rs`),
+//! and, for project webhooks (docs/kapso-api.md §10; handlers in `webhooks.rs`),
 //! `GET|POST /whatsapp/webhooks` and `DELETE /whatsapp/webhooks/{webhook_id}`.
 //!
 //! What a body shows also depends on the world's [`Variance`]: timestamp precision and offset,
@@ -77,7 +77,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
 
 // ----- errors and bodies ---------------------------------------------------------------
 
-/// A flat Kapso error body, `{"error": …}` (facts sheet §9).
+/// A flat Kapso error body, `{"error": …}` (docs/kapso-api.md §9).
 #[derive(Debug)]
 struct ApiError {
     status: StatusCode,
@@ -199,7 +199,7 @@ async fn gate(State(sh): State<Arc<Shared>>, req: Request, next: Next) -> Respon
 async fn admit_and_run(sh: &Shared, req: Request, next: Next) -> Response {
     let expected = lock(&sh.api_key).clone();
     let given = req.headers().get("x-api-key").and_then(|v| v.to_str().ok());
-    // The only scheme is X-API-Key (facts sheet §1); the legacy API's 401 text (§9).
+    // The only scheme is X-API-Key (docs/kapso-api.md §1); the legacy API's 401 text (§9).
     if expected.is_empty() || given != Some(expected.as_str()) {
         return ApiError::new(StatusCode::UNAUTHORIZED, "Invalid or missing API key")
             .into_response();
@@ -715,7 +715,7 @@ impl<'a> Render<'a> {
     }
 }
 
-/// The `paging` object (facts sheet §2): `cursors` of the first/last row; `next` is the last
+/// The `paging` object (docs/kapso-api.md §3): `cursors` of the first/last row; `next` is the last
 /// row's cursor iff older rows exist, `previous` the first row's iff newer rows exist. Whether
 /// older rows exist is decided on full-precision keys, as a server fetching `limit + 1` rows
 /// would, so with a truncated cursor `next` can lead to an empty page.
@@ -810,7 +810,7 @@ async fn list_workflows(
         .filter(|w| after.is_none_or(|t| w.created_us >= t))
         .filter(|w| before.is_none_or(|t| w.created_us <= t))
         .collect();
-    // Newest created first, no paging (facts sheet §3).
+    // Newest created first, no paging (docs/kapso-api.md §4).
     found.sort_by_key(|w| std::cmp::Reverse((w.created_us, w.id)));
     if world.variance.duplicate_workflows {
         if let Some(&first) = found.first() {
@@ -888,10 +888,10 @@ async fn list_workflow_executions(
     }
     let p = Params::parse(q);
     let status = p.exec_status()?;
-    // `created_after`/`created_before` filter on started_at, inclusive (facts sheet §4).
+    // `created_after`/`created_before` filter on started_at, inclusive (docs/kapso-api.md §5).
     let req = p.page_request(CursorColumn::CreatedAt, "created_after", "created_before")?;
     let req = with_repeat(&world, req);
-    // `waiting_reason` is accepted but not modelled: the API exposes no reason field (§10).
+    // `waiting_reason` is accepted but not modelled: the API exposes no reason field (docs/kapso-api.md §5).
     let page = match p.get("whatsapp_conversation_id") {
         Some(conv) => match parse_uuid(conv).and_then(|id| world.conversation_index(id)) {
             Some(ci) => {
@@ -1081,7 +1081,7 @@ async fn list_conversations(
             "assigned_user_id cannot be combined with unassigned",
         ));
     }
-    // Keyset on (last_active_at, id), latest activity first (facts sheet §6); the bounds are
+    // Keyset on (last_active_at, id), latest activity first (docs/kapso-api.md §3); the bounds are
     // taken as inclusive like the other date filters.
     let req = p.page_request(
         CursorColumn::LastActiveAt,

@@ -187,7 +187,7 @@ fn write_time(
 }
 
 /// A timestamp as the API prints it in bodies. In the default format: six fractional digits,
-/// or none when the microseconds are zero (facts sheet §12: both `…Z` and `….000000Z` occur).
+/// or none when the microseconds are zero (docs/kapso-api.md §7: both `…Z` and `….000000Z` occur).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Ts {
     pub us: i64,
@@ -208,7 +208,7 @@ impl Serialize for Ts {
     }
 }
 
-/// Which column a cursor is keyed on (facts sheet §2 and §6).
+/// Which column a cursor is keyed on (docs/kapso-api.md §3).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CursorColumn {
     /// Execution lists: `["created_at","id"]` (the value is the row's `started_at`).
@@ -374,7 +374,7 @@ mod tests {
 
     #[test]
     fn cursor_matches_documented_example() {
-        // The `before` cursor of the listConversationFlowExecutions example (facts sheet §2).
+        // The `before` cursor of the listConversationFlowExecutions example (docs/kapso-api.md §3).
         let documented = "eyJ2YWx1ZXMiOlsiMjAyNi0wNS0xNVQxMzowNTowMC4wMDAwMDBaIiwiNTUwZTg0MDAtZTI5Yi00MWQ0LWE3MTYtNDQ2NjU1NDQwMDAwIl0sImNvbHVtbnMiOlsiY3JlYXRlZF9hdCIsImlkIl19";
         let key = decode_cursor(CursorColumn::CreatedAt, documented).expect("decodes");
         assert_eq!(

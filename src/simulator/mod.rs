@@ -3,7 +3,7 @@
 //! It serves, under `/platform/v1`, `GET /workflows`, `/workflows/{id}`,
 //! `/workflows/{id}/executions`, `/workflow_executions/{id}`, `/whatsapp/conversations`,
 //! `/whatsapp/conversations/{id}` and `/whatsapp/conversations/{id}/flow_executions`, with the
-//! shapes, ordering, cursors, errors and rate limits described in `shared/kapso-api.md` and
+//! shapes, ordering, cursors, errors and rate limits described in `docs/kapso-api.md` and
 //! the published OpenAPI files (checked by `tests/it/simulator_contract.rs`).
 //!
 //! Tests drive the world step by step ([`Simulator::start_execution`],
@@ -112,7 +112,7 @@ impl SimulatorConfig {
     }
 }
 
-/// An execution status as the API spells it (facts sheet §10).
+/// An execution status as the API spells it (docs/kapso-api.md §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum ExecStatus {
     /// Executing steps now.

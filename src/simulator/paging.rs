@@ -1,4 +1,4 @@
-//! Keyset paging over an ordered index, newest first, as the real API pages (facts sheet §2).
+//! Keyset paging over an ordered index, newest first, as the real API pages (docs/kapso-api.md §3).
 //!
 //! A page costs O(log n + limit) when the filter maps to index bounds; a predicate that the
 //! index cannot answer (e.g. "this conversation's rows of one workflow") is only ever used on

@@ -1,4 +1,4 @@
-//! Per-key sliding-window rate limiting (facts sheet §8) and the request statistics that tests
+//! Per-key sliding-window rate limiting (docs/kapso-api.md §8) and the request statistics that tests
 //! use to check a client's behaviour (budget kept, retries, endpoints hit).
 
 use std::collections::{HashMap, VecDeque};

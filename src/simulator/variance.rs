@@ -57,7 +57,7 @@ impl Precision {
 }
 
 /// The precision of each timestamp field that Kapso's documents show with different
-/// precisions (facts sheet §3).
+/// precisions (docs/kapso-api.md §7).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Precisions {
     /// `last_executed_at` of workflows.

@@ -1,4 +1,4 @@
-//! Kapso project webhooks (facts sheet §11): registration under `/platform/v1/whatsapp/webhooks`
+//! Kapso project webhooks (docs/kapso-api.md §10): registration under `/platform/v1/whatsapp/webhooks`
 //! and the delivery of `workflow.execution.failed` / `workflow.execution.handoff` events for the
 //! simulator's own transitions, signed, retried on Kapso's schedule and optionally broken by
 //! [`WebhookFaults`].
@@ -39,8 +39,8 @@ pub const EVENT_FAILED: &str = "workflow.execution.failed";
 /// The event sent when an execution enters `handoff`.
 pub const EVENT_HANDOFF: &str = "workflow.execution.handoff";
 
-/// Kapso's waits before the 2nd, 3rd and 4th attempt of an undelivered event (facts sheet
-/// §11); after a 4th failure the event is dropped.
+/// Kapso's waits before the 2nd, 3rd and 4th attempt of an undelivered event (docs/kapso-api.md
+/// §10); after a 4th failure the event is dropped.
 pub const RETRY_DELAYS: [Duration; 3] = [
     Duration::from_secs(10),
     Duration::from_secs(40),

@@ -56,7 +56,8 @@ pub(crate) enum Role {
 
 use Role::{End, Handoff, Start, Wait, Work};
 
-/// A node of a graph template: identifier, Ruby class (`current_step.stepable_type`), role.
+/// A node of a graph template: identifier, Ruby class (`current_step.stepable_type`;
+/// docs/kapso-api.md §5), role.
 type Node = (&'static str, &'static str, Role);
 
 /// The graphs simulated workflows follow, chosen by workflow index. The first `Work` step

@@ -947,3 +947,177 @@ fn github_anchors() {
         "why-these-thresholds"
     );
 }
+
+// ------------------------------------------------------------------------------------------------
+// The repository stands alone: cited documents exist, nothing reads outside it
+// ------------------------------------------------------------------------------------------------
+
+/// The section sign, written as an escape so this file cites nothing itself.
+const SECTION: char = '\u{a7}';
+
+/// Every text file under `dir`, recursively, without `node_modules` and `target`.
+fn text_files(dir: &Path, out: &mut Vec<PathBuf>) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let path = entry.expect("failed to read a directory entry").path();
+        let name = path.file_name().and_then(OsStr::to_str).unwrap_or_default();
+        if path.is_dir() {
+            if name != "node_modules" && name != "target" {
+                text_files(&path, out);
+            }
+        } else if fs::read_to_string(&path).is_ok() {
+            out.push(path);
+        }
+    }
+}
+
+/// The numbered sections (`## N. Title`) of docs/kapso-api.md.
+fn kapso_api_sections() -> BTreeSet<u32> {
+    let text = read(&root().join("docs/kapso-api.md"));
+    let numbers: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .filter_map(|h| h.split_once(". ").and_then(|(n, _)| n.parse().ok()))
+        .collect();
+    let expected: Vec<u32> = (1..=numbers.len() as u32).collect();
+    assert_eq!(
+        numbers, expected,
+        "docs/kapso-api.md: sections must be numbered 1, 2, 3, ... in order"
+    );
+    numbers.into_iter().collect()
+}
+
+/// The section numbers a text cites: `<S>3`, `<S><S>2–7` (a range), with S the section sign.
+fn cited_sections(text: &str) -> Vec<u32> {
+    let mut cited = Vec::new();
+    let mut rest = text;
+    while let Some(i) = rest.find(SECTION) {
+        rest = rest[i..].trim_start_matches(SECTION);
+        let number = |s: &str| -> (Option<u32>, usize) {
+            let end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+            (s[..end].parse().ok(), end)
+        };
+        let (first, end) = number(rest);
+        let Some(first) = first else {
+            cited.push(0); // a sign without a number
+            continue;
+        };
+        rest = &rest[end..];
+        let last = rest
+            .strip_prefix('–')
+            .or_else(|| rest.strip_prefix('-'))
+            .and_then(|r| number(r).0)
+            .unwrap_or(first);
+        cited.extend(first..=last.max(first));
+    }
+    cited
+}
+
+#[test]
+fn cited_sections_are_parsed() {
+    let s = SECTION;
+    assert_eq!(
+        cited_sections(&format!("a ({s}8) b {s}2, {s}12.")),
+        [8, 2, 12]
+    );
+    assert_eq!(cited_sections(&format!("({s}{s}2–4)")), [2, 3, 4]);
+    assert_eq!(cited_sections(&format!("{s} x")), [0]);
+}
+
+/// Comments and docs cite Kapso's API by the sections of docs/kapso-api.md: every section
+/// number cited in the source tree exists, and a file that cites sections names that
+/// document (the retired notes it replaces lived outside the repository).
+#[test]
+fn kapso_api_citations_name_existing_sections() {
+    let sections = kapso_api_sections();
+    let retired = ["facts", "sheet"].join(" ");
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "benches", "tools", ".ci", "docs"] {
+        text_files(&root().join(dir), &mut files);
+    }
+    files.push(root().join("README.md"));
+    let mut bad = Vec::new();
+    let mut citations = 0;
+    for path in &files {
+        let text = read(path);
+        if text.contains(&retired) {
+            bad.push(format!("{}: cites the {retired}", rel(path)));
+        }
+        let cited = cited_sections(&text);
+        if cited.is_empty() {
+            continue;
+        }
+        if !text.contains("kapso-api.md") {
+            bad.push(format!(
+                "{}: cites sections without naming docs/kapso-api.md",
+                rel(path)
+            ));
+        }
+        for n in cited {
+            citations += 1;
+            if !sections.contains(&n) {
+                bad.push(format!(
+                    "{}: cites section {n}, which docs/kapso-api.md does not have",
+                    rel(path)
+                ));
+            }
+        }
+    }
+    assert!(citations > 20, "only {citations} citations found");
+    assert!(bad.is_empty(), "{}", bad.join("\n"));
+}
+
+/// Nothing that builds or tests the exporter reads the folder that once sat beside the
+/// repository.
+#[test]
+fn nothing_refers_outside_the_repository() {
+    let outside = ["..", "shared"].join("/");
+    let mut files = Vec::new();
+    for dir in ["src", "tests", "benches", "tools", ".ci"] {
+        text_files(&root().join(dir), &mut files);
+    }
+    for name in ["Cargo.toml", "build.rs", "Dockerfile"] {
+        files.push(root().join(name));
+    }
+    let bad: Vec<String> = files
+        .iter()
+        .filter(|p| read(p).contains(&outside))
+        .map(|p| rel(p))
+        .collect();
+    assert!(bad.is_empty(), "these refer to {outside}: {bad:?}");
+}
+
+/// The OpenAPI copies the contract test validates against say where they come from, and are
+/// the bytes their provenance record describes.
+#[test]
+fn openapi_copies_state_their_provenance() {
+    use sha2::Digest as _;
+    let dir = root().join("tests/contract/kapso-openapi");
+    let readme = read(&dir.join("README.md"));
+    for needle in [
+        "https://docs.kapso.ai/api/platform/v1/openapi-workflows.yaml",
+        "https://github.com/magoolation/kapso-client-net",
+        "455a7af55c4d0840e48cbb48c4e969cd01625b8b",
+    ] {
+        assert!(readme.contains(needle), "README.md lacks {needle}");
+    }
+    let provenance = read_json(&dir.join("provenance.json"));
+    let documents = provenance["documents"].as_array().expect("documents");
+    for name in ["openapi-workflows.yaml", "openapi-platform.yaml"] {
+        let bytes = fs::read(dir.join(name)).expect("spec file");
+        let entry = documents
+            .iter()
+            .find(|d| d["name"] == name)
+            .unwrap_or_else(|| panic!("provenance.json has no entry for {name}"));
+        let sha: String = sha2::Sha256::digest(&bytes)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(entry["sha256"].as_str(), Some(sha.as_str()), "{name}");
+        assert_eq!(entry["bytes"].as_u64(), Some(bytes.len() as u64), "{name}");
+    }
+    let contract = read(&root().join("tests/simulator_contract.rs"));
+    assert!(contract.contains("\"tests/contract/kapso-openapi\""));
+}

@@ -1,8 +1,8 @@
 //! Contract tests of the Kapso HTTP client against a real (wiremock) HTTP server.
 //!
-//! What is pinned here comes from the facts sheet (`kapso-api.md`): `X-API-Key` only (§1),
-//! cursor paging on `paging.next` with opaque Base64 cursors (§2), `Retry-After` on 429 (§8) and
-//! the flat `{"error": "..."}` body (§9).
+//! What is pinned here comes from docs/kapso-api.md: `X-API-Key` only (§1), cursor paging on
+//! `paging.next` with opaque Base64 cursors (§3), `Retry-After` on 429 (§8) and the flat
+//! `{"error": "..."}` body (§9).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;

@@ -447,7 +447,7 @@ fn check(cases: &Cases) {
 /// shrinking or absent counts, duplicates and far-off years are all valid bodies; a row
 /// without `started_at` (or with it null), a status outside the enum and a workflow without
 /// `created_at` are not, and are checked as negative controls: the spec requires those
-/// fields, though Kapso's own examples leave fields out (facts sheet §2).
+/// fields, though Kapso's own examples leave fields out (docs/kapso-api.md §5).
 #[tokio::test]
 async fn variance_bodies_against_the_published_schemas() {
     let clock = Clock::manual(datetime!(2026-05-15 13:05:00.25 UTC));

@@ -1,6 +1,6 @@
 //! The webhook receiver, end to end through its router, and how its events merge with
 //! polling: the exporter in process against the simulator on one manual clock, deliveries
-//! signed by hand as Kapso signs them (docs/kapso-api.md, webhooks), counters compared with
+//! signed by hand as Kapso signs them (docs/kapso-api.md §10), counters compared with
 //! the simulator's ground truth.
 #![allow(clippy::unwrap_used)]
 
