@@ -756,7 +756,7 @@ fn a_recovery_is_one_info_line() {
 
 /// Regenerates the README's picture of the landing page: the demo after its first poll, in
 /// headless chromium at a phone's width (390 px). Run with
-/// `cargo test --test cli -- --ignored regenerate_the_landing_page_screenshot`.
+/// `cargo test --test binary cli:: -- --ignored regenerate_the_landing_page_screenshot`.
 #[test]
 #[ignore = "writes docs/images/kapso-exporter-landing.png; needs /usr/bin/chromium"]
 fn regenerate_the_landing_page_screenshot() {

@@ -1,5 +1,5 @@
-//! Readers of the counting metrics, shared by `tests/counting_model.rs` and
-//! `tests/counting_regressions.rs`: series are found by `workflow_id` (and `status`, `kind`),
+//! Readers of the counting metrics, shared by `tests/it/counting_model.rs` and
+//! `tests/it/counting_regressions.rs`: series are found by `workflow_id` (and `status`, `kind`),
 //! whatever the workflow's name, in project `default`.
 #![allow(dead_code, clippy::unwrap_used)]
 

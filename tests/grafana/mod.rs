@@ -1,5 +1,5 @@
 //! Reading the Grafana dashboards in `dashboards/`: their panels, variables and the PromQL of
-//! their targets with Grafana's variables replaced, shared by `tests/artefacts.rs` (static
+//! their targets with Grafana's variables replaced, shared by `tests/it/artefacts.rs` (static
 //! checks) and `tests/e2e_prometheus.rs` (queries against a running Prometheus).
 #![allow(dead_code)]
 

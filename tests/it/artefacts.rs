@@ -1118,6 +1118,6 @@ fn openapi_copies_state_their_provenance() {
         assert_eq!(entry["sha256"].as_str(), Some(sha.as_str()), "{name}");
         assert_eq!(entry["bytes"].as_u64(), Some(bytes.len() as u64), "{name}");
     }
-    let contract = read(&root().join("tests/simulator_contract.rs"));
+    let contract = read(&root().join("tests/it/simulator_contract.rs"));
     assert!(contract.contains("\"tests/contract/kapso-openapi\""));
 }

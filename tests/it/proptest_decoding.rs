@@ -3,7 +3,7 @@
 //! input must give an error (one line, for the configuration).
 //!
 //! Each property runs proptest's default number of cases (256, a few seconds in all);
-//! `PROPTEST_CASES=10000 cargo test --test proptest_decoding` runs a longer search.
+//! `PROPTEST_CASES=10000 cargo test --test it proptest_decoding::` runs a longer search.
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;

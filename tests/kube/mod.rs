@@ -1,5 +1,5 @@
-//! Checks of Kubernetes objects shared by tests/kubernetes_manifests.rs (the kustomize
-//! manifests) and tests/helm_chart.rs (the Helm chart's rendered objects): both describe the same
+//! Checks of Kubernetes objects shared by tests/it/kubernetes_manifests.rs (the kustomize
+//! manifests) and tests/it/helm_chart.rs (the Helm chart's rendered objects): both describe the same
 //! Deployment, Service, ServiceMonitor and PrometheusRule, so they are held to the same rules.
 //! Objects are YAML parsed into `serde_json::Value`s.
 #![allow(dead_code, clippy::unwrap_used)]
