@@ -239,8 +239,8 @@ impl Exporter {
     /// Completed polls (ok, failed) of the only project.
     async fn polls(&mut self) -> Option<(u64, u64)> {
         let body = self.page().await?;
-        let ok = number_before(&body, " polls ok")?;
-        let failed = number_before(&body, " failed")?;
+        let ok = number_before(&body, " ok, ")?;
+        let failed = number_before(&body, " failed<")?;
         Some((ok, failed))
     }
 
@@ -1076,12 +1076,11 @@ async fn conversation_run(scale: &Scale) -> u64 {
     .unwrap_or(-1.0) as u64
 }
 
-/// Polls completed per project, from the landing page's `<li>name: ..., N polls ok` lines.
+/// Polls completed per project, from the landing page's card of `name` ("N ok, M failed").
 fn project_polls(page: &str, name: &str) -> Option<u64> {
-    let line = page
-        .lines()
-        .find(|l| l.starts_with(&format!("<li>{name}: ")))?;
-    number_before(line, " polls ok")
+    let card = page.split(&format!("data-project=\"{name}\"")).nth(1)?;
+    let card = card.split("</section>").next()?;
+    number_before(card, " ok, ")
 }
 
 struct Projects {
