@@ -300,6 +300,31 @@ def draw_stat(fig, box, panel, series, defaults):
                     ha="center", va="center", fontsize=max(6, min(8, 40 / n)))
 
 
+def draw_bargauge(fig, box, panel, series, defaults):
+    """Horizontal bars, largest first (the queries sort), at most as many as fit."""
+    ax = panel_axes(fig, box, panel["title"])
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if not series:
+        ax.text(0.5, 0.45, "No data", color=MUTED, ha="center", va="center", fontsize=12)
+        return
+    shown = series[:12]
+    top = max(v for _, v in shown) or 1.0
+    n = len(shown)
+    for i, (name, value) in enumerate(shown):
+        y = 1 - (i + 0.5) / n
+        h = 0.7 / n
+        col = threshold_color(defaults, value)
+        ax.text(0.01, y, name, color=TEXT, ha="left", va="center", fontsize=7,
+                transform=ax.transAxes)
+        ax.add_patch(plt.Rectangle((0.45, y - h / 2), 0.45, h, color=MUTED, alpha=0.15,
+                                   transform=ax.transAxes, linewidth=0))
+        ax.add_patch(plt.Rectangle((0.45, y - h / 2), 0.45 * max(0.0, value) / top, h,
+                                   color=col, alpha=0.85, transform=ax.transAxes, linewidth=0))
+        ax.text(0.99, y, fmt_value(value, defaults.get("unit"), defaults.get("decimals")),
+                color=col, ha="right", va="center", fontsize=7, transform=ax.transAxes)
+
+
 def with_gaps(times, values, step):
     """The points with a NaN inserted wherever more than one step is missing."""
     xs, ys = [], []
@@ -467,6 +492,15 @@ def render(path, prom, start, end, out):
                                    float(s["value"][1])))
             series.sort()
             draw_stat(fig, box, panel, series, defaults)
+            found = len(series)
+        elif panel["type"] == "bargauge":
+            series = []
+            for target in panel["targets"]:
+                for s in prom.instant(substitute(target["expr"], values), end):
+                    series.append((legend(target.get("legendFormat"), s["metric"]),
+                                   float(s["value"][1])))
+            series.sort(key=lambda x: -x[1])
+            draw_bargauge(fig, box, panel, series, defaults)
             found = len(series)
         elif panel["type"] == "table":
             rows = []
