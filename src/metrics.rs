@@ -212,6 +212,20 @@ impl Scraped {
         }
     }
 
+    fn result<'a>(&'a self, result: &'a str) -> ProjectResult<'a> {
+        ProjectResult {
+            project: &self.view.name,
+            result,
+        }
+    }
+
+    fn kind<'a>(&'a self, kind: &'a str) -> ProjectKind<'a> {
+        ProjectKind {
+            project: &self.view.name,
+            kind,
+        }
+    }
+
     fn project(&self) -> ProjectLabels<'_> {
         ProjectLabels {
             project: &self.view.name,
@@ -593,29 +607,19 @@ fn project_counters(enc: &mut DescriptorEncoder, projects: &[Scraped]) -> std::f
     POLLS.emit(
         enc,
         projects.iter().flat_map(|p| {
-            p.view.polls.iter().map(|(result, n)| {
-                (
-                    ProjectResult {
-                        project: &p.view.name,
-                        result,
-                    },
-                    Value::Counter(*n),
-                )
-            })
+            p.view
+                .polls
+                .iter()
+                .map(|(result, n)| (p.result(result), Value::Counter(*n)))
         }),
     )?;
     POLL_ERRORS.emit(
         enc,
         projects.iter().flat_map(|p| {
-            p.view.errors.iter().map(|(kind, n)| {
-                (
-                    ProjectKind {
-                        project: &p.view.name,
-                        kind,
-                    },
-                    Value::Counter(*n),
-                )
-            })
+            p.view
+                .errors
+                .iter()
+                .map(|(kind, n)| (p.kind(kind), Value::Counter(*n)))
         }),
     )?;
     API_REQUESTS.emit(
@@ -636,30 +640,19 @@ fn project_counters(enc: &mut DescriptorEncoder, projects: &[Scraped]) -> std::f
     API_ANOMALIES.emit(
         enc,
         projects.iter().flat_map(|p| {
-            p.view.snapshot.anomalies.iter().map(|(kind, n)| {
-                (
-                    ProjectKind {
-                        project: &p.view.name,
-                        kind,
-                    },
-                    Value::Counter(*n),
-                )
-            })
+            p.view
+                .snapshot
+                .anomalies
+                .iter()
+                .map(|(kind, n)| (p.kind(kind), Value::Counter(*n)))
         }),
     )?;
     STORAGE_WRITES.emit(
         enc,
         projects.iter().flat_map(|p| {
             p.view.storage.iter().flat_map(|s| {
-                [("success", s.writes_ok), ("error", s.writes_failed)].map(|(result, n)| {
-                    (
-                        ProjectResult {
-                            project: &p.view.name,
-                            result,
-                        },
-                        Value::Counter(n),
-                    )
-                })
+                [("success", s.writes_ok), ("error", s.writes_failed)]
+                    .map(|(result, n)| (p.result(result), Value::Counter(n)))
             })
         }),
     )
