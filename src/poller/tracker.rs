@@ -80,9 +80,10 @@ pub struct LiveExec {
     /// `last_event_at` of the row that showed it), so that a webhook and a poll telling of the
     /// same entry count it once.
     pub handoff_mark: Option<Micros>,
-    /// The step it was last seen at (`None` for rows without `current_step`).
+    /// The step it was last seen at (`None` for rows without `current_step`); shared by the
+    /// executions at the same step (8 bytes each, not 32: there are 200,000 at scale L).
     #[serde(default)]
-    pub step: Option<StepKey>,
+    pub step: Option<Arc<StepKey>>,
     /// A webhook told of its failure, which is counted; the poll that reads the failed row
     /// counts only the failure's step.
     #[serde(default)]
@@ -386,6 +387,8 @@ pub struct Tracker {
     workflow_errors: BTreeMap<(Arc<str>, &'static str), u64>,
     #[serde(skip)]
     interned: HashSet<Arc<str>>,
+    #[serde(skip)]
+    interned_steps: HashSet<Arc<StepKey>>,
     /// Executions webhooks told of in workflows no listing showed yet (project mode); merged
     /// into the workflow at its first commit.
     early_workflows: HashMap<Arc<str>, HashMap<String, Exec>>,
@@ -430,6 +433,7 @@ impl Tracker {
     /// Forgets interned ids nothing holds any more (conversations and executions come and go;
     /// without this the set would grow for as long as the exporter runs).
     fn release_unused(&mut self) {
+        self.interned_steps.retain(|s| Arc::strong_count(s) > 1);
         self.interned.retain(|s| Arc::strong_count(s) > 1);
     }
 
@@ -612,7 +616,7 @@ impl Tracker {
             };
             let fx = effect(prev, row.status, countable);
             let step = self.step_of(row, prev);
-            self.count(&wf_id, &fx, &step, now);
+            self.count(&wf_id, &fx, step.as_deref(), now);
             let next = self.remembered(&wf_id, prev, row, start, &fx, step, now);
             track.execs.insert((*id).to_owned(), next);
         }
@@ -656,12 +660,20 @@ impl Tracker {
     }
 
     /// The step `row` shows, else the one its execution was last seen at.
-    fn step_of(&mut self, row: &Execution, prev: Option<&Exec>) -> Option<StepKey> {
+    fn step_of(&mut self, row: &Execution, prev: Option<&Exec>) -> Option<Arc<StepKey>> {
         match &row.current_step {
-            Some(s) => Some(StepKey {
-                id: self.intern(&s.identifier),
-                step_type: self.intern(&s.step_type),
-            }),
+            Some(s) => {
+                let key = StepKey {
+                    id: self.intern(&s.identifier),
+                    step_type: self.intern(&s.step_type),
+                };
+                if let Some(shared) = self.interned_steps.get(&key) {
+                    return Some(shared.clone());
+                }
+                let shared = Arc::new(key);
+                self.interned_steps.insert(shared.clone());
+                Some(shared)
+            }
             None => match prev {
                 Some(Exec::Live(e) | Exec::Pending(e)) => e.step.clone(),
                 _ => None,
@@ -710,8 +722,9 @@ impl Tracker {
         {
             let mut distinct: HashSet<(&Arc<str>, Option<&StepKey>)> = HashSet::new();
             for e in self.live_execs() {
-                if distinct.insert((&e.workflow_id, e.step.as_ref())) {
-                    at.push((e.workflow_id.clone(), e.step.clone().unwrap_or_default()));
+                if distinct.insert((&e.workflow_id, e.step.as_deref())) {
+                    let step = e.step.as_deref().cloned().unwrap_or_default();
+                    at.push((e.workflow_id.clone(), step));
                 }
             }
         }
@@ -725,10 +738,10 @@ impl Tracker {
         });
     }
 
-    fn count(&mut self, wf_id: &Arc<str>, fx: &Effect, step: &Option<StepKey>, now: Micros) {
+    fn count(&mut self, wf_id: &Arc<str>, fx: &Effect, step: Option<&StepKey>, now: Micros) {
         self.generation += 1;
         if fx.step_failure {
-            let step = step.clone().unwrap_or_default();
+            let step = step.cloned().unwrap_or_default();
             *self.step_counter(wf_id, step.clone()) += 1;
             self.steps_seen
                 .entry(wf_id.clone())
@@ -765,7 +778,7 @@ impl Tracker {
         row: &Execution,
         start: Option<Micros>,
         fx: &Effect,
-        step: Option<StepKey>,
+        step: Option<Arc<StepKey>>,
         now: Micros,
     ) -> Exec {
         let handoff_mark = if fx.handoff {
@@ -918,7 +931,7 @@ impl Tracker {
             }
             let fx = effect(prev, row.status, countable);
             let step = self.step_of(row, prev);
-            self.count(&wf_id, &fx, &step, now);
+            self.count(&wf_id, &fx, step.as_deref(), now);
             let mut next = self.remembered(&wf_id, prev, row, start, &fx, step, now);
             if let Exec::Live(e) | Exec::Pending(e) = &mut next {
                 e.conversation_id = Some(conv_id.clone());
@@ -1021,7 +1034,7 @@ impl Tracker {
             }
         }
         for e in self.live_execs() {
-            let step = e.step.clone().unwrap_or_default();
+            let step = e.step.as_deref().cloned().unwrap_or_default();
             let row = rows
                 .entry((&e.workflow_id, step.clone()))
                 .or_insert_with(|| StepSeries::empty(e.workflow_id.clone(), step));
