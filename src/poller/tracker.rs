@@ -706,13 +706,14 @@ impl Tracker {
         self.counters.step_failures.entry(key).or_default()
     }
 
-    /// Remembers that `step` of `wf_id` was seen at `now`, with its failure counter at 0.
-    fn note_step(&mut self, wf_id: &Arc<str>, step: StepKey, now: Micros) {
-        self.step_counter(wf_id, step.clone());
+    /// Remembers that `step` of `wf_id` was seen at `now`; returns its failure counter
+    /// (created at 0).
+    fn note_step(&mut self, wf_id: &Arc<str>, step: StepKey, now: Micros) -> &mut u64 {
         self.steps_seen
             .entry(wf_id.clone())
             .or_default()
-            .insert(step, now);
+            .insert(step.clone(), now);
+        self.step_counter(wf_id, step)
     }
 
     /// Notes the step of every live execution; forgets steps not seen for [`STEP_MEMORY`]
@@ -741,12 +742,7 @@ impl Tracker {
     fn count(&mut self, wf_id: &Arc<str>, fx: &Effect, step: Option<&StepKey>, now: Micros) {
         self.generation += 1;
         if fx.step_failure {
-            let step = step.cloned().unwrap_or_default();
-            *self.step_counter(wf_id, step.clone()) += 1;
-            self.steps_seen
-                .entry(wf_id.clone())
-                .or_default()
-                .insert(step, now);
+            *self.note_step(wf_id, step.cloned().unwrap_or_default(), now) += 1;
         }
         if fx.started {
             *self.counters.started.entry(wf_id.clone()).or_default() += 1;
