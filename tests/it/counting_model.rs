@@ -103,10 +103,10 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use crate::counting_support::{Counts, counts, live3, outcome_unknown, poll_errors, up};
-use crate::support::{Harness, KEY, Samples, parse, series, test_start};
+use crate::support::{Harness, KEY, Samples, parse, series, step_truth, test_start};
 use kapso_exporter::clock::Clock;
 use kapso_exporter::simulator::{
-    ExecStatus, Precision, Precisions, Presence, Simulator, StartOverride, StepTruth, Variance,
+    ExecStatus, Precision, Precisions, Presence, Simulator, StartOverride, Variance,
 };
 use proptest::prelude::*;
 use proptest::test_runner::{Config, RngSeed, TestCaseError, TestRunner};
@@ -1288,11 +1288,7 @@ impl Model {
                 if labels["workflow_id"] != wf.id || wf.deleted {
                     continue;
                 }
-                let step = StepTruth {
-                    workflow_id: wf.id.clone(),
-                    step: labels["step"].clone(),
-                    step_type: labels["step_type"].clone(),
-                };
+                let step = step_truth(labels);
                 let truth_n = truth.step_failures.get(&step).copied().unwrap_or(0);
                 prop_assert!(
                     v as u64 <= truth_n,

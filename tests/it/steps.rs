@@ -7,22 +7,14 @@ use crate::support;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use crate::support::{Harness, KEY, Samples, parse, series, test_start};
+use crate::support::{Harness, KEY, Samples, parse, series, step_truth, test_start};
 use kapso_exporter::clock::Clock;
-use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator, SimulatorConfig, StepTruth};
+use kapso_exporter::simulator::{ExecStatus, GroundTruth, Simulator, SimulatorConfig};
 use time::OffsetDateTime;
 
 const STEP_EXECUTIONS: &str = "kapso_workflow_step_executions";
 const STEP_STALLED: &str = "kapso_workflow_step_stalled_seconds";
 const STEP_FAILURES: &str = "kapso_workflow_step_failures_total";
-
-fn step_of(labels: &BTreeMap<String, String>) -> StepTruth {
-    StepTruth {
-        workflow_id: labels["workflow_id"].clone(),
-        step: labels["step"].clone(),
-        step_type: labels["step_type"].clone(),
-    }
-}
 
 fn status_of(labels: &BTreeMap<String, String>) -> ExecStatus {
     ExecStatus::parse(&labels["status"]).unwrap()
@@ -34,7 +26,7 @@ fn status_of(labels: &BTreeMap<String, String>) -> ExecStatus {
 fn assert_steps_match(samples: &Samples, truth: &GroundTruth, now: OffsetDateTime) {
     let mut live_seen = 0;
     for (labels, value) in series(samples, STEP_EXECUTIONS) {
-        let key = (step_of(labels), status_of(labels));
+        let key = (step_truth(labels), status_of(labels));
         let want = truth.steps.get(&key).copied().unwrap_or(0);
         assert_eq!(value, want as f64, "{STEP_EXECUTIONS} {labels:?}");
         live_seen += want;
@@ -50,7 +42,7 @@ fn assert_steps_match(samples: &Samples, truth: &GroundTruth, now: OffsetDateTim
         assert!(support::STALLABLE.contains(&status), "{labels:?}");
         let want = truth
             .step_oldest_last_event
-            .get(&(step_of(labels), status))
+            .get(&(step_truth(labels), status))
             .map_or(0.0, |t| (now - *t).as_seconds_f64().max(0.0));
         assert!(
             (value - want).abs() < 1e-3,
@@ -61,7 +53,7 @@ fn assert_steps_match(samples: &Samples, truth: &GroundTruth, now: OffsetDateTim
     assert!(stalls > 0, "no stall series");
     let mut failures = BTreeMap::new();
     for (labels, value) in series(samples, STEP_FAILURES) {
-        failures.insert(step_of(labels), value as u64);
+        failures.insert(step_truth(labels), value as u64);
     }
     for (step, n) in &truth.step_failures {
         assert_eq!(

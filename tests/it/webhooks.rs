@@ -603,14 +603,7 @@ fn totals_shown(s: &Samples, truth: &kapso_exporter::simulator::GroundTruth) -> 
 /// Failures by step as `/metrics` shows them (the simulator's step labels).
 fn step_failures_shown(s: &Samples) -> BTreeMap<StepTruth, u64> {
     support::series(s, "kapso_workflow_step_failures_total")
-        .map(|(l, v)| {
-            let step = StepTruth {
-                workflow_id: l["workflow_id"].clone(),
-                step: l["step"].clone(),
-                step_type: l["step_type"].clone(),
-            };
-            (step, v as u64)
-        })
+        .map(|(l, v)| (support::step_truth(l), v as u64))
         .filter(|(_, n)| *n > 0)
         .collect()
 }

@@ -307,3 +307,13 @@ pub fn finished_between(before: &GroundTruth, after: &GroundTruth) -> BTreeMap<S
     }
     out
 }
+
+/// The step a step series names (`workflow_id`, `step`, `step_type`), as the simulator's truth
+/// keys it.
+pub fn step_truth(labels: &BTreeMap<String, String>) -> kapso_exporter::simulator::StepTruth {
+    kapso_exporter::simulator::StepTruth {
+        workflow_id: labels["workflow_id"].clone(),
+        step: labels["step"].clone(),
+        step_type: labels["step_type"].clone(),
+    }
+}
