@@ -643,8 +643,7 @@ impl World {
             return false;
         };
         self.executions[ix as usize].step = step as u8;
-        let e = &mut self.executions[ix as usize];
-        e.last_event_us = e.last_event_us.max(now_us);
+        self.record_event(ix, now_us);
         true
     }
 
@@ -1152,6 +1151,12 @@ impl World {
             let wf = &self.workflows[e.workflow as usize];
             e.step = wf.place(e.status, e.step, salt(e.id, at_us));
         }
+        self.record_event(ix, at_us);
+    }
+
+    /// An event at `at_us`: the execution's `last_event_at` and its conversation's activity.
+    fn record_event(&mut self, ix: u32, at_us: i64) {
+        let e = &mut self.executions[ix as usize];
         e.last_event_us = e.last_event_us.max(at_us);
         let (conversation, at) = (e.conversation, e.last_event_us);
         if let Some(ci) = conversation {
