@@ -13,6 +13,7 @@
 //! [`server`] serves the router, plain or TLS, with limits against hostile clients.
 
 pub mod auth;
+mod gzip;
 pub mod landing;
 pub mod server;
 pub mod tls;
@@ -76,47 +77,119 @@ pub fn router(
         .with_state(state)
 }
 
-/// Bytes of exposition per chunk of a `/metrics` answer.
+/// Bytes of exposition per chunk of a `/metrics` answer (and per gzip segment).
 const CHUNK: usize = 256 * 1024;
 /// Chunks rendered ahead of the client.
 const CHUNKS_AHEAD: usize = 4;
 
-/// One piece of the exposition, and whether it is the last.
-type Piece = Result<(Bytes, bool), std::io::Error>;
+/// A chunk of the answer on its way to the client.
+enum Piece {
+    Plain(Bytes),
+    /// A gzip segment, compressed on a gzip thread while rendering goes on.
+    Gzip(tokio::sync::oneshot::Receiver<std::io::Result<gzip::Segment>>),
+}
+
+/// A piece, and whether it is the last.
+type Sent = Result<(Piece, bool), std::io::Error>;
 
 /// Sends the exposition on in chunks as it is rendered, so a scrape holds a few chunks instead
-/// of the whole text; gzip-compressed as it goes when the client asked for it.
+/// of the whole text.
 struct ChunkWriter {
     buf: String,
-    tx: tokio::sync::mpsc::Sender<Piece>,
-    gzip: Option<flate2::write::GzEncoder<Vec<u8>>>,
+    tx: tokio::sync::mpsc::Sender<Sent>,
+    /// With gzip: chunks come back emptied once compressed, and are filled again, so a scrape
+    /// allocates as many chunks as it has in flight rather than one per 256 KiB.
+    gzip: Option<(
+        std::sync::mpsc::Sender<String>,
+        std::sync::mpsc::Receiver<String>,
+    )>,
 }
 
 impl ChunkWriter {
     fn send(&mut self, last: bool) -> std::fmt::Result {
-        use std::io::Write as _;
-        let chunk = std::mem::replace(
-            &mut self.buf,
-            String::with_capacity(if last { 0 } else { CHUNK + 4096 }),
-        );
-        let bytes = match &mut self.gzip {
-            None => Bytes::from(chunk),
-            Some(gz) => {
-                gz.write_all(chunk.as_bytes())
-                    .map_err(|_| std::fmt::Error)?;
-                if last {
-                    let gz = self.gzip.take().ok_or(std::fmt::Error)?;
-                    Bytes::from(gz.finish().map_err(|_| std::fmt::Error)?)
-                } else {
-                    // What the encoder produced so far; it keeps its window for the rest.
-                    Bytes::from(std::mem::take(gz.get_mut()))
-                }
-            }
+        let next = match &self.gzip {
+            _ if last => String::new(),
+            Some((_, spare)) => spare
+                .try_recv()
+                .unwrap_or_else(|_| String::with_capacity(CHUNK + 4096)),
+            None => String::with_capacity(CHUNK + 4096),
+        };
+        let chunk = std::mem::replace(&mut self.buf, next);
+        let piece = match &self.gzip {
+            Some((recycle, _)) => Piece::Gzip(gzip::spawn(chunk, last, recycle.clone())),
+            None => Piece::Plain(Bytes::from(chunk)),
         };
         // The receiver is gone when the client went away: stop rendering.
         self.tx
-            .blocking_send(Ok((bytes, last)))
+            .blocking_send(Ok((piece, last)))
             .map_err(|_| std::fmt::Error)
+    }
+}
+
+impl std::fmt::Write for ChunkWriter {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.buf.push_str(s);
+        if self.buf.len() >= CHUNK {
+            self.send(false)?;
+        }
+        Ok(())
+    }
+}
+
+/// The answer's bytes, in order, as the render thread's pieces arrive.
+struct Answer {
+    rx: tokio::sync::mpsc::Receiver<Sent>,
+    /// What a gzip answer's trailer needs of the segments so far.
+    trailer: gzip::Trailer,
+    started: bool,
+    done: bool,
+}
+
+impl Answer {
+    /// The next bytes for the client; `None` after the last piece. A gzip answer's first bytes
+    /// carry the header, its last the trailer.
+    async fn next(&mut self) -> Option<std::io::Result<Bytes>> {
+        if self.done {
+            return None;
+        }
+        let first = !std::mem::replace(&mut self.started, true);
+        let next = match self.rx.recv().await {
+            Some(sent) => sent,
+            None => Err(std::io::Error::other("rendering stopped")),
+        };
+        let (piece, last) = match next {
+            Ok(p) => p,
+            Err(e) => return self.fail(e),
+        };
+        self.done = last;
+        let segment = match piece {
+            Piece::Plain(bytes) => return Some(Ok(bytes)),
+            Piece::Gzip(segment) => segment.await,
+        };
+        let segment = match segment {
+            Ok(Ok(segment)) => segment,
+            Ok(Err(e)) => return self.fail(e),
+            Err(_) => return self.fail(std::io::Error::other("no gzip thread")),
+        };
+        self.trailer.add(&segment);
+        if !first && !last {
+            return Some(Ok(segment.deflate));
+        }
+        let mut bytes = Vec::with_capacity(segment.deflate.len() + 18);
+        if first {
+            bytes.extend_from_slice(&gzip::HEADER);
+        }
+        bytes.extend_from_slice(&segment.deflate);
+        if last {
+            bytes.extend_from_slice(&self.trailer.bytes());
+        }
+        Some(Ok(Bytes::from(bytes)))
+    }
+
+    /// Ends the answer with an error, which aborts the body.
+    fn fail(&mut self, e: std::io::Error) -> Option<std::io::Result<Bytes>> {
+        self.done = true;
+        Some(Err(e))
     }
 }
 
@@ -137,31 +210,18 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
-impl std::fmt::Write for ChunkWriter {
-    fn write_str(&mut self, s: &str) -> std::fmt::Result {
-        self.buf.push_str(s);
-        if self.buf.len() >= CHUNK {
-            self.send(false)?;
-        }
-        Ok(())
-    }
-}
-
 async fn metrics_handler(State(app): State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let openmetrics = metrics::wants_openmetrics(accept);
     let gzip = accepts_gzip(&headers);
     let registry = app.registry.clone();
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(CHUNKS_AHEAD);
+    let (tx, rx) = tokio::sync::mpsc::channel::<Sent>(CHUNKS_AHEAD);
     // Encoding large snapshots is CPU work; keep it off the async workers.
     tokio::task::spawn_blocking(move || {
         let mut out = ChunkWriter {
             buf: String::with_capacity(CHUNK + 4096),
             tx,
-            gzip: gzip.then(|| {
-                // Level 1: most of the size for a fraction of the CPU of the default level.
-                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast())
-            }),
+            gzip: gzip.then(std::sync::mpsc::channel),
         };
         let rendered = metrics::render_into(&registry, openmetrics, &mut out);
         if rendered.and_then(|()| out.send(true)).is_err() {
@@ -170,15 +230,18 @@ async fn metrics_handler(State(app): State<AppState>, headers: HeaderMap) -> Res
                 .blocking_send(Err(std::io::Error::other("encoding metrics failed")));
         }
     });
+    let mut answer = Answer {
+        rx,
+        trailer: gzip::Trailer::default(),
+        started: false,
+        done: false,
+    };
     // A failure before the first chunk is still a 500; a later one aborts the body.
-    let body = match rx.recv().await {
-        Some(Ok((chunk, true))) => Body::from(chunk),
-        Some(Ok((chunk, false))) => {
-            let rest = futures::stream::unfold(rx, |mut rx| async move {
-                match rx.recv().await? {
-                    Ok((chunk, _)) => Some((Ok(chunk), rx)),
-                    Err(e) => Some((Err(e), rx)),
-                }
+    let body = match answer.next().await {
+        Some(Ok(chunk)) if answer.done => Body::from(chunk),
+        Some(Ok(chunk)) => {
+            let rest = futures::stream::unfold(answer, |mut answer| async move {
+                Some((answer.next().await?, answer))
             });
             Body::from_stream(futures::stream::once(async { Ok(chunk) }).chain(rest))
         }

@@ -260,6 +260,36 @@ async fn a_large_exposition_streams_the_same_text() {
     }
 }
 
+/// An exposition smaller than one chunk is answered in one piece, gzip included (header,
+/// deflate and trailer together), and decodes to the same text.
+#[tokio::test]
+async fn a_small_exposition_is_gzip_in_one_piece() {
+    let (mut h, _) = harness().await;
+    h.poll().await;
+    let want = h.scrape().await;
+    assert!(want.len() < 256 * 1024, "{} bytes", want.len());
+    let resp = h
+        .exporter
+        .router
+        .clone()
+        .oneshot(
+            Request::get("/metrics")
+                .header("accept-encoding", "gzip")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let packed = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&packed[..]), &mut text)
+        .unwrap();
+    assert_eq!(text, want);
+}
+
 /// `--metrics.max-conversations` keeps the most stalled conversations: oldest waiting or
 /// handoff event first, then those with only running executions; `kapso_conversations_live`
 /// counts them all.
