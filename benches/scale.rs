@@ -1723,8 +1723,8 @@ fn report(o: &Options, reports: &[ScaleReport], soak: Option<&Soak>, took: Durat
     let _ = writeln!(
         w,
         "\nCompressed: the same scrape with `Accept-Encoding: gzip`, as Prometheus sends it by \
-         default (the exporter compresses at gzip level 1 while it renders; zstd is not \
-         offered). Latency from the request to the last compressed byte, by a 20-scrape loop in \
+         default (the exporter compresses each 256 KiB chunk at gzip level 2 on its gzip \
+         threads while the next renders; zstd is not offered). Latency from the request to the last compressed byte, by a 20-scrape loop in \
          the benchmark and, where installed, `wrk -H 'Accept-Encoding: gzip'`; the last body \
          was decompressed and checked to be the exposition.\n"
     );
