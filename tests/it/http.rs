@@ -168,6 +168,32 @@ async fn failed_polls_keep_the_last_good_state_and_show_its_age() {
     );
 }
 
+/// GET /metrics with `Accept-Encoding: gzip`, checked to be answered with gzip: the headers,
+/// the body as sent, and the body decoded as one gzip member.
+async fn scrape_gzip(
+    router: &axum::Router,
+    accept: Option<&str>,
+) -> (axum::http::HeaderMap, axum::body::Bytes, String) {
+    let mut req = Request::get("/metrics").header("accept-encoding", "gzip");
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let resp = router
+        .clone()
+        .oneshot(req.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["content-encoding"], "gzip");
+    let headers = resp.headers().clone();
+    let packed = axum::body::to_bytes(resp.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&packed[..]), &mut text)
+        .unwrap();
+    (headers, packed, text)
+}
+
 /// A large exposition is sent in chunks as it is rendered: the body is exactly the text one
 /// render gives, in both formats.
 #[tokio::test]
@@ -202,25 +228,8 @@ async fn a_large_exposition_streams_the_same_text() {
         assert_eq!(body.ends_with("# EOF\n"), openmetrics);
 
         // With Accept-Encoding: gzip (Prometheus sends it), the same text, compressed.
-        let mut req = Request::get("/metrics").header("accept-encoding", "gzip");
-        if let Some(a) = accept {
-            req = req.header("accept", a);
-        }
-        let resp = h
-            .exporter
-            .router
-            .clone()
-            .oneshot(req.body(Body::empty()).unwrap())
-            .await
-            .unwrap();
-        assert_eq!(resp.headers()["content-encoding"], "gzip");
-        assert_eq!(resp.headers()["vary"], "Accept-Encoding");
-        let packed = axum::body::to_bytes(resp.into_body(), usize::MAX)
-            .await
-            .unwrap();
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&packed[..]), &mut text)
-            .unwrap();
+        let (headers, packed, text) = scrape_gzip(&h.exporter.router, accept).await;
+        assert_eq!(headers["vary"], "Accept-Encoding");
         assert!(text == want, "the gzip body decodes to the same text");
         assert!(
             packed.len() * 8 <= want.len(),
@@ -268,25 +277,7 @@ async fn a_small_exposition_is_gzip_in_one_piece() {
     h.poll().await;
     let want = h.scrape().await;
     assert!(want.len() < 256 * 1024, "{} bytes", want.len());
-    let resp = h
-        .exporter
-        .router
-        .clone()
-        .oneshot(
-            Request::get("/metrics")
-                .header("accept-encoding", "gzip")
-                .body(Body::empty())
-                .unwrap(),
-        )
-        .await
-        .unwrap();
-    assert_eq!(resp.headers()["content-encoding"], "gzip");
-    let packed = axum::body::to_bytes(resp.into_body(), usize::MAX)
-        .await
-        .unwrap();
-    let mut text = String::new();
-    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&packed[..]), &mut text)
-        .unwrap();
+    let (_, _, text) = scrape_gzip(&h.exporter.router, None).await;
     assert_eq!(text, want);
 }
 
