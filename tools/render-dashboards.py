@@ -266,12 +266,21 @@ def panel_axes(fig, box, title, margins=(0.0, 0.0, 0.0), legend_rows=0):
     return ax
 
 
-def draw_stat(fig, box, panel, series, defaults):
+def value_axes(fig, box, panel, series):
+    """A panel's axes without ticks, for values rather than a plot; None (after writing
+    "No data") when there is nothing to show."""
     ax = panel_axes(fig, box, panel["title"])
     ax.set_xticks([])
     ax.set_yticks([])
     if not series:
         ax.text(0.5, 0.45, "No data", color=MUTED, ha="center", va="center", fontsize=12)
+        return None
+    return ax
+
+
+def draw_stat(fig, box, panel, series, defaults):
+    ax = value_axes(fig, box, panel, series)
+    if ax is None:
         return
     options = panel.get("options", {})
     text_mode = options.get("textMode", "auto")
@@ -302,11 +311,8 @@ def draw_stat(fig, box, panel, series, defaults):
 
 def draw_bargauge(fig, box, panel, series, defaults):
     """Horizontal bars, largest first (the queries sort), at most as many as fit."""
-    ax = panel_axes(fig, box, panel["title"])
-    ax.set_xticks([])
-    ax.set_yticks([])
-    if not series:
-        ax.text(0.5, 0.45, "No data", color=MUTED, ha="center", va="center", fontsize=12)
+    ax = value_axes(fig, box, panel, series)
+    if ax is None:
         return
     shown = series[:12]
     top = max(v for _, v in shown) or 1.0
