@@ -18,9 +18,9 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Gives memory a thread freed back to the system at once rather than after mimalloc's delay.
 /// With the delay, pages a scrape or a poll had just freed on one thread stayed resident while
-/// another thread allocated afresh: at M, a poll during scrapes took peak RSS from 48 to 68
-/// MiB; with no delay the same run peaked at 46 MiB (docs/benchmarks.md). `MIMALLOC_PURGE_DELAY`
-/// in the environment still decides when it is set.
+/// another thread allocated afresh: at M, a poll during scrapes took peak RSS from 48 to 68.5
+/// MiB; with no delay the same run peaked at 44.6 MiB (docs/benchmarks.md).
+/// `MIMALLOC_PURGE_DELAY` in the environment still decides when it is set.
 #[allow(unsafe_code)]
 fn purge_freed_memory_at_once() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
