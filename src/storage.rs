@@ -338,6 +338,7 @@ mod tests {
         let restarted = Store::new(&dir, "default", &ApiKey::new("sk-a"));
         assert!(matches!(restarted.load(NOW), Loaded::Restored(..)));
         assert_eq!(restarted.encode(&saved, NOW).capacity(), room);
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
