@@ -1334,7 +1334,7 @@ async fn main() {
         "## Several projects\n\nOne exporter, two projects (`--config.file`): `slow` behind a \
          3 s API latency, `fast` behind 50 ms with `poll_interval: 1s`. The slow project's \
          first poll took {:.1} s; meanwhile the fast project completed {} polls (one per \
-         {:.0} s interval would be {:.0}): each project polls on its own task.\n",
+         {:.0} s interval would be {:.0}): each project polls on its own task.",
         projects.slow_first_poll,
         projects.fast_polls_meanwhile,
         projects.fast_interval,
@@ -1473,7 +1473,7 @@ fn report(o: &Options, reports: &[ScaleReport], soak: Option<&Soak>, took: Durat
         w,
         "\nPoll wall time here is with an unlimited budget: latency-bound, \
          8 workflows at once, their 3 live-status lists in parallel, pages of one list in \
-         sequence.\n"
+         sequence."
     );
     let _ = writeln!(w, "\n## Correctness and rate limit\n");
     let _ = writeln!(
@@ -1609,7 +1609,7 @@ fn report(o: &Options, reports: &[ScaleReport], soak: Option<&Soak>, took: Durat
          published snapshot and does not take the tracker's lock, so scrapes are not held up \
          either (the last column: scrapes the benchmark made while a write was still \
          uncounted, to compare with the /metrics latency below); a webhook delivery arriving \
-         during the encoding waits for the lock.\n"
+         during the encoding waits for the lock."
     );
     let _ = writeln!(w, "\n## Poll wall time under the rate limit\n");
     let _ = writeln!(
