@@ -29,10 +29,15 @@ else
   dir="$HOME/.local/bin"
 fi
 
+# The tools' output is captured before it is matched: `tool | grep -q` under pipefail fails now and
+# then, when grep exits at the first match and the tool dies of SIGPIPE writing its next line.
 installed() {
-  [ -x "$dir/helm" ] && [ -x "$dir/kubectl" ] &&
-    "$dir/helm" version --template '{{.Version}}' 2>/dev/null | grep -qx "$HELM_VERSION" &&
-    "$dir/kubectl" version --client 2>/dev/null | grep -q "Client Version: $KUBECTL_VERSION\$"
+  [ -x "$dir/helm" ] && [ -x "$dir/kubectl" ] || return 1
+  local helm_out kubectl_out
+  helm_out="$("$dir/helm" version --template '{{.Version}}' 2>/dev/null)" || return 1
+  kubectl_out="$("$dir/kubectl" version --client 2>/dev/null)" || return 1
+  [ "$helm_out" = "$HELM_VERSION" ] &&
+    grep -q "^Client Version: $KUBECTL_VERSION\$" <<<"$kubectl_out"
 }
 
 if installed; then
