@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crate::support::{KEY, TempDir};
 use kapso_exporter::app::{self, Running};
 use kapso_exporter::clock::Clock;
+use kapso_exporter::config::Config;
 use kapso_exporter::simulator::{RunningSimulator, Simulator};
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -92,14 +93,21 @@ impl Pki {
     }
 }
 
+/// The start of every TLS web config here: the server pair [`Pki::write`] puts in the folder.
+const TLS: &str = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
+
 struct Exporter {
     running: Option<Running>,
     _sim: RunningSimulator,
 }
 
 impl Exporter {
+    fn running(&self) -> &Running {
+        self.running.as_ref().unwrap()
+    }
+
     fn addr(&self) -> std::net::SocketAddr {
-        self.running.as_ref().unwrap().addr
+        self.running().addr
     }
 
     async fn stop(mut self) {
@@ -107,24 +115,44 @@ impl Exporter {
     }
 }
 
-/// The exporter on 127.0.0.1:0 with `--web.config.file web_config`, polling a simulator.
-async fn start(web_config: &Path) -> Exporter {
+/// The exporter on 127.0.0.1:0 with `args` and `tweak` applied, polling a simulator.
+async fn start_with(args: &[&str], tweak: impl FnOnce(&mut Config)) -> Exporter {
     let sim = Simulator::empty(KEY, Clock::system());
     let server = sim.spawn().await.unwrap();
     let url = server.base_url.to_string();
-    let config = support::config(&[
+    let mut all = vec![
         "--kapso.base-url",
         &url,
         "--web.listen-address",
         "127.0.0.1:0",
-        "--web.config.file",
-        web_config.to_str().unwrap(),
-    ]);
+    ];
+    all.extend_from_slice(args);
+    let mut config = support::config(&all);
+    tweak(&mut config);
     let running = app::start(config, Clock::system()).await.unwrap();
     Exporter {
         running: Some(running),
         _sim: server,
     }
+}
+
+/// The exporter on 127.0.0.1:0 with `--web.config.file web_config`, polling a simulator.
+async fn start(web_config: &Path) -> Exporter {
+    start_with(&["--web.config.file", web_config.to_str().unwrap()], |_| {}).await
+}
+
+/// The exporter with the web config [`TLS`] followed by `rest`, and its HTTPS URL of `path`.
+async fn start_tls(dir: &TempDir, rest: &str, path: &str) -> (Exporter, String) {
+    let web = dir.write("web.yml", &format!("{TLS}{rest}"));
+    let exporter = start(&web).await;
+    let url = format!("https://127.0.0.1:{}{path}", exporter.addr().port());
+    (exporter, url)
+}
+
+/// The status `client` got from `url`, or `None` when it got no answer (a failed handshake).
+async fn status(client: &reqwest::Client, url: &str) -> Option<u16> {
+    let r = client.get(url).send().await.ok()?;
+    Some(r.status().as_u16())
 }
 
 fn client(pki: &Pki, identity: Option<&str>) -> reqwest::Client {
@@ -155,7 +183,7 @@ async fn tls_scrape_works_and_plain_http_on_the_tls_port_is_refused_cleanly() {
     // Relative paths are relative to the web config file, as in exporter-toolkit.
     let web = dir.write(
         "web.yml",
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  min_version: TLS12\nhttp_server_config:\n  http2: true\n",
+        &format!("{TLS}  min_version: TLS12\nhttp_server_config:\n  http2: true\n"),
     );
     let exporter = start(&web).await;
     let port = exporter.addr().port();
@@ -255,10 +283,7 @@ async fn a_renewed_certificate_is_picked_up_and_a_broken_one_ignored() {
     let new = pki();
     let dir = TempDir::new("kx-web-renew");
     old.write(&dir);
-    let web = dir.write(
-        "web.yml",
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
-    );
+    let web = dir.write("web.yml", TLS);
     let exporter = start(&web).await;
     let port = exporter.addr().port();
     assert_eq!(trusted_by(port, &[&old.ca, &new.ca]).await, [true, false]);
@@ -288,72 +313,43 @@ async fn client_certificates_are_required_and_verified() {
     let pki = pki();
     let dir = TempDir::new("kx-web-mtls");
     pki.write(&dir);
-    let web = dir.write(
-        "web.yml",
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n",
+    let verify = "  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n";
+    let (exporter, url) = start_tls(&dir, verify, "/metrics").await;
+    assert_eq!(
+        status(&client(&pki, Some(&pki.client)), &url).await,
+        Some(200)
     );
-    let exporter = start(&web).await;
-    let url = format!("https://127.0.0.1:{}/metrics", exporter.addr().port());
-
-    let r = client(&pki, Some(&pki.client))
-        .get(&url)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        client(&pki, None).get(&url).send().await.is_err(),
+    assert_eq!(
+        status(&client(&pki, None), &url).await,
+        None,
         "served a client without a certificate"
     );
-    assert!(
-        client(&pki, Some(&pki.stranger))
-            .get(&url)
-            .send()
-            .await
-            .is_err(),
+    assert_eq!(
+        status(&client(&pki, Some(&pki.stranger)), &url).await,
+        None,
         "served a client whose certificate comes from an unknown CA"
     );
     exporter.stop().await;
 
     // client_allowed_sans narrows the CA's clients down to named ones.
-    let web = dir.write(
-        "web.yml",
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAndVerifyClientCert\n  client_ca_file: ca.crt\n  client_allowed_sans: [prometheus, 10.0.0.1]\n",
+    let sans = format!("{verify}  client_allowed_sans: [prometheus, 10.0.0.1]\n");
+    let (exporter, url) = start_tls(&dir, &sans, "/metrics").await;
+    assert_eq!(
+        status(&client(&pki, Some(&pki.client)), &url).await,
+        Some(200)
     );
-    let exporter = start(&web).await;
-    let url = format!("https://127.0.0.1:{}/metrics", exporter.addr().port());
-    let r = client(&pki, Some(&pki.client))
-        .get(&url)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        client(&pki, Some(&pki.sibling))
-            .get(&url)
-            .send()
-            .await
-            .is_err(),
+    assert_eq!(
+        status(&client(&pki, Some(&pki.sibling)), &url).await,
+        None,
         "served a client whose certificate has none of client_allowed_sans"
     );
     exporter.stop().await;
 
     // VerifyClientCertIfGiven: no certificate is fine, a foreign one is not.
-    let web = dir.write(
-        "web.yml",
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n",
-    );
-    let exporter = start(&web).await;
-    let url = format!("https://127.0.0.1:{}/metrics", exporter.addr().port());
-    let r = client(&pki, None).get(&url).send().await.unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(
-        client(&pki, Some(&pki.stranger))
-            .get(&url)
-            .send()
-            .await
-            .is_err()
-    );
+    let if_given = "  client_auth_type: VerifyClientCertIfGiven\n  client_ca_file: ca.crt\n";
+    let (exporter, url) = start_tls(&dir, if_given, "/metrics").await;
+    assert_eq!(status(&client(&pki, None), &url).await, Some(200));
+    assert_eq!(status(&client(&pki, Some(&pki.stranger)), &url).await, None);
     exporter.stop().await;
 }
 
@@ -366,7 +362,7 @@ async fn basic_auth_guards_every_endpoint_and_headers_are_added() {
     let web = dir.write(
         "web.yml",
         &format!(
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\nbasic_auth_users:\n  prometheus: '{hash}'\nhttp_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
+            "{TLS}basic_auth_users:\n  prometheus: '{hash}'\nhttp_server_config:\n  headers:\n    X-Content-Type-Options: nosniff\n"
         ),
     );
     let exporter = start(&web).await;
@@ -424,20 +420,14 @@ async fn request_client_cert_asks_without_verifying() {
     let pki = pki();
     let dir = TempDir::new("kx-web-anycert");
     pki.write(&dir);
-    let web = dir.write(
-        "web.yml",
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  client_auth_type: RequireAnyClientCert\n",
-    );
-    let exporter = start(&web).await;
-    let url = format!("https://127.0.0.1:{}/-/healthy", exporter.addr().port());
+    let any = "  client_auth_type: RequireAnyClientCert\n";
+    let (exporter, url) = start_tls(&dir, any, "/-/healthy").await;
     // Any certificate will do, even one from an unknown CA; none will not.
-    let r = client(&pki, Some(&pki.stranger))
-        .get(&url)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    assert!(client(&pki, None).get(&url).send().await.is_err());
+    assert_eq!(
+        status(&client(&pki, Some(&pki.stranger)), &url).await,
+        Some(200)
+    );
+    assert_eq!(status(&client(&pki, None), &url).await, None);
     exporter.stop().await;
 }
 
@@ -450,19 +440,13 @@ fn bad_web_config_files_are_one_line_and_exit_64() {
     let (other_cert, _) = leaf(&other, &["localhost"], ExtendedKeyUsagePurpose::ServerAuth);
     dir.write("other.crt", &other_cert);
     dir.write("garbage.crt", "not a certificate\n");
-    let tls = "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n";
     let cases: Vec<(&str, String, &str)> = vec![
         (
             "bad-yaml.yml",
             "tls_server_config: [\n".to_owned(),
             "bad-yaml.yml",
         ),
-        (
-            "unknown-key.yml",
-            "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n  sni: x\n"
-                .to_owned(),
-            "sni",
-        ),
+        ("unknown-key.yml", format!("{TLS}  sni: x\n"), "sni"),
         (
             "plain-password.yml",
             "basic_auth_users:\n  alice: hunter2\n".to_owned(),
@@ -485,27 +469,27 @@ fn bad_web_config_files_are_one_line_and_exit_64() {
         ),
         (
             "bad-client-auth.yml",
-            format!("{tls}  client_auth_type: Sometimes\n"),
+            format!("{TLS}  client_auth_type: Sometimes\n"),
             "client_auth_type",
         ),
         (
             "ca-without-auth.yml",
-            format!("{tls}  client_ca_file: ca.crt\n"),
+            format!("{TLS}  client_ca_file: ca.crt\n"),
             "client_auth_type",
         ),
         (
             "verify-without-ca.yml",
-            format!("{tls}  client_auth_type: RequireAndVerifyClientCert\n"),
+            format!("{TLS}  client_auth_type: RequireAndVerifyClientCert\n"),
             "client_ca_file",
         ),
         (
             "sans.yml",
-            format!("{tls}  client_auth_type: RequestClientCert\n  client_allowed_sans: [a]\n"),
+            format!("{TLS}  client_auth_type: RequestClientCert\n  client_allowed_sans: [a]\n"),
             "client_allowed_sans",
         ),
         (
             "old-tls.yml",
-            format!("{tls}  min_version: TLS10\n"),
+            format!("{TLS}  min_version: TLS10\n"),
             "min_version",
         ),
     ];
@@ -533,7 +517,7 @@ fn bad_web_config_files_are_one_line_and_exit_64() {
     }
 
     // A good file passes --config.check.
-    let good = dir.write("good.yml", tls);
+    let good = dir.write("good.yml", TLS);
     let out = Command::new(BIN)
         .args([
             "--config.check",
@@ -556,24 +540,12 @@ async fn a_silent_client_cannot_hold_the_tls_handshake() {
     let pki = pki();
     let dir = TempDir::new("kx-web-handshake");
     pki.write(&dir);
-    let web = dir.write(
-        "web.yml",
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
-    );
-    let sim = Simulator::empty(KEY, Clock::system());
-    let server = sim.spawn().await.unwrap();
-    let url = server.base_url.to_string();
-    let mut config = support::config(&[
-        "--kapso.base-url",
-        &url,
-        "--web.listen-address",
-        "127.0.0.1:0",
-        "--web.config.file",
-        web.to_str().unwrap(),
-    ]);
-    config.web_limits.tls_handshake_timeout = Duration::from_millis(300);
-    let running = app::start(config, Clock::system()).await.unwrap();
-    let addr = running.addr;
+    let web = dir.write("web.yml", TLS);
+    let exporter = start_with(&["--web.config.file", web.to_str().unwrap()], |config| {
+        config.web_limits.tls_handshake_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let addr = exporter.addr();
     let started = Instant::now();
     let closed = tokio::task::spawn_blocking(move || {
         let mut s = std::net::TcpStream::connect(addr).unwrap();
@@ -590,7 +562,7 @@ async fn a_silent_client_cannot_hold_the_tls_handshake() {
         "closed after {:?}",
         started.elapsed()
     );
-    running.shutdown().await;
+    exporter.stop().await;
 }
 
 /// `--webhook.config.file` puts TLS on the webhook listener only: a signed delivery over
@@ -600,25 +572,15 @@ async fn the_webhook_listener_serves_tls_from_its_own_web_config() {
     let pki = pki();
     let dir = TempDir::new("kx-webhook-tls");
     pki.write(&dir);
-    let web = dir.write(
-        "webhook-web.yml",
-        "tls_server_config:\n  cert_file: server.crt\n  key_file: server.key\n",
-    );
-    let sim = Simulator::empty(KEY, Clock::system());
-    let server = sim.spawn().await.unwrap();
-    let url = server.base_url.to_string();
-    let config = support::config(&[
-        "--kapso.base-url",
-        &url,
-        "--web.listen-address",
-        "127.0.0.1:0",
+    let web = dir.write("webhook-web.yml", TLS);
+    let args = [
         "--webhook.listen-address",
         "127.0.0.1:0",
         "--webhook.config.file",
         web.to_str().unwrap(),
-    ]);
-    let running = app::start(config, Clock::system()).await.unwrap();
-    let hooks = running.webhook_addr.unwrap().port();
+    ];
+    let exporter = start_with(&args, |_| {}).await;
+    let hooks = exporter.running().webhook_addr.unwrap().port();
     let body = br#"{"event":"whatsapp.phone_number.created"}"#;
     let signature = kapso_exporter::webhook::WebhookSecret::new(support::WEBHOOK_SECRET).sign(body);
     let r = client(&pki, None)
@@ -636,10 +598,9 @@ async fn the_webhook_listener_serves_tls_from_its_own_web_config() {
         .await
         .unwrap();
     assert_eq!(plain.status(), 400, "plain HTTP on the TLS webhook port");
-    let metrics = reqwest::get(format!("http://{}/metrics", running.addr))
+    let metrics = reqwest::get(format!("http://{}/metrics", exporter.addr()))
         .await
         .unwrap();
     assert_eq!(metrics.status(), 200, "/metrics stays plain");
-    running.shutdown().await;
-    drop(server);
+    exporter.stop().await;
 }
