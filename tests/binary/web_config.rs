@@ -267,12 +267,8 @@ async fn trusted_by(port: u16, cas: &[&str]) -> Vec<bool> {
             .tls_certs_only([reqwest::Certificate::from_pem(ca.as_bytes()).unwrap()])
             .build()
             .unwrap();
-        out.push(
-            c.get(format!("https://127.0.0.1:{port}/-/healthy"))
-                .send()
-                .await
-                .is_ok(),
-        );
+        let url = format!("https://127.0.0.1:{port}/-/healthy");
+        out.push(status(&c, &url).await.is_some());
     }
     out
 }
